@@ -1,0 +1,905 @@
+//! The CloudEvents view: validation of an inbound event (binary or structured mode, contract §2.2
+//! and §2.3) and the binary-mode head that every subscriber receives (§3.2).
+//!
+//! Budget: never copies the body of a binary event, and never copies the `data` of a structured
+//! event whose content type is JSON (the delivered body is a slice of the inbound buffer). The
+//! attributes are copied once, into the event head shared by all subscribers. Structured JSON is
+//! read with serde_json borrowing from the body; no tree is built.
+//!
+//! D6: `time` is validated as RFC 3339 and forwarded byte for byte (upstream re-writes it in UTC).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::http::{trim, HeaderRange};
+
+/// Why an event was refused. Every variant is a 400 at the ingress; the text goes to the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CeError {
+    /// Neither structured nor binary: no `ce-specversion` header and no CloudEvents content type.
+    UnknownEncoding,
+    Batch,
+    UnknownSpecVersion,
+    Missing(&'static str),
+    Blank(&'static str),
+    Invalid(&'static str),
+    InvalidExtensionName,
+    ExtensionValue,
+    Json(String),
+}
+
+impl fmt::Display for CeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CeError::UnknownEncoding => f.write_str(
+                "not a CloudEvent: no ce-specversion header and no CloudEvents content type",
+            ),
+            CeError::Batch => f.write_str("batched CloudEvents are not supported"),
+            CeError::UnknownSpecVersion => f.write_str("unknown specversion (want 1.0 or 0.3)"),
+            CeError::Missing(a) => write!(f, "required attribute `{a}` is missing"),
+            CeError::Blank(a) => write!(f, "attribute `{a}` is empty"),
+            CeError::Invalid(a) => write!(f, "attribute `{a}` is invalid"),
+            CeError::InvalidExtensionName => {
+                f.write_str("extension name must be letters and digits and not a core attribute")
+            }
+            CeError::ExtensionValue => {
+                f.write_str("extension value must be a string, boolean or 32-bit integer")
+            }
+            CeError::Json(e) => write!(f, "structured event is not valid JSON: {e}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpecVersion {
+    V1,
+    V03,
+}
+
+impl SpecVersion {
+    fn parse(v: &[u8]) -> Result<Self, CeError> {
+        match v {
+            b"1.0" => Ok(SpecVersion::V1),
+            b"0.3" => Ok(SpecVersion::V03),
+            _ => Err(CeError::UnknownSpecVersion),
+        }
+    }
+
+    fn is_core(self, name: &[u8]) -> bool {
+        const COMMON: [&[u8]; 8] = [
+            b"specversion",
+            b"id",
+            b"source",
+            b"type",
+            b"datacontenttype",
+            b"subject",
+            b"time",
+            b"data",
+        ];
+        COMMON.iter().any(|c| c.eq_ignore_ascii_case(name))
+            || match self {
+                SpecVersion::V1 => name.eq_ignore_ascii_case(b"dataschema"),
+                SpecVersion::V03 => {
+                    name.eq_ignore_ascii_case(b"schemaurl")
+                        || name.eq_ignore_ascii_case(b"datacontentencoding")
+                }
+            }
+    }
+}
+
+/// The media type of a Content-Type value: lower-cased comparison, parameters dropped.
+fn media_type(ct: &[u8]) -> &[u8] {
+    let end = memchr::memchr(b';', ct).unwrap_or(ct.len());
+    trim(&ct[..end])
+}
+
+/// Writes the binary-mode event headers for an inbound request into `out` (each line ends with
+/// CRLF; the caller adds Content-Length and the blank line) and returns the body to deliver.
+///
+/// `head` is the frozen request head the ranges point into; `body` the inbound body.
+pub fn write_binary_head(
+    head: &[u8],
+    headers: &[HeaderRange],
+    content_type: Option<&[u8]>,
+    body: Bytes,
+    out: &mut BytesMut,
+) -> Result<Bytes, CeError> {
+    let mt = content_type.map(media_type).unwrap_or(b"");
+    let data = if mt.eq_ignore_ascii_case(b"application/cloudevents+json") {
+        write_structured(&body, out)?
+    } else if mt.eq_ignore_ascii_case(b"application/cloudevents-batch+json") {
+        return Err(CeError::Batch);
+    } else {
+        write_binary(head, headers, content_type, out)?;
+        body
+    };
+    write_passthrough(head, headers, out);
+    Ok(data)
+}
+
+/// Headers that reach subscribers from the inbound request (contract §2.5), plus the W3C trace
+/// context, which passes through unchanged while tracing is off (§5.3). Names and all values kept.
+pub fn is_passthrough(name: &[u8]) -> bool {
+    fn starts_with_ci(s: &[u8], p: &[u8]) -> bool {
+        s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p)
+    }
+    starts_with_ci(name, b"knative-")
+        || starts_with_ci(name, b"x-b3-")
+        || name.eq_ignore_ascii_case(b"x-request-id")
+        || name.eq_ignore_ascii_case(b"retry-after")
+        || name.eq_ignore_ascii_case(b"traceparent")
+        || name.eq_ignore_ascii_case(b"tracestate")
+        || name.eq_ignore_ascii_case(b"baggage")
+}
+
+fn write_passthrough(head: &[u8], headers: &[HeaderRange], out: &mut BytesMut) {
+    for h in headers {
+        let name = &head[h.name.clone()];
+        if is_passthrough(name) {
+            put_header(out, &[name], &head[h.value.clone()]);
+        }
+    }
+}
+
+fn put_header(out: &mut BytesMut, name: &[&[u8]], value: &[u8]) {
+    for part in name {
+        out.put_slice(part);
+    }
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// `Ce-` + the attribute name with its first letter upper-cased and the rest lower-cased: the
+/// form Go's canonical header keys give, so subscribers see what upstream sends.
+fn put_ce_header(out: &mut BytesMut, attr: &[u8], value: &[u8]) {
+    out.put_slice(b"Ce-");
+    if let Some((first, rest)) = attr.split_first() {
+        out.put_u8(first.to_ascii_uppercase());
+        for b in rest {
+            out.put_u8(b.to_ascii_lowercase());
+        }
+    }
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+const CE_PREFIX: &[u8] = b"ce-";
+
+fn ce_name<'a>(head: &'a [u8], h: &HeaderRange) -> Option<&'a [u8]> {
+    let name = &head[h.name.clone()];
+    (name.len() > 3 && name[..3].eq_ignore_ascii_case(CE_PREFIX)).then(|| &name[3..])
+}
+
+/// The attributes every mode must validate, as raw bytes.
+#[derive(Default)]
+struct Attrs<'a> {
+    id: Option<&'a [u8]>,
+    source: Option<&'a [u8]>,
+    type_: Option<&'a [u8]>,
+    subject: Option<&'a [u8]>,
+    time: Option<&'a [u8]>,
+    dataschema: Option<&'a [u8]>,
+    datacontenttype: Option<&'a [u8]>,
+}
+
+impl Attrs<'_> {
+    fn validate(&self, version: SpecVersion) -> Result<(), CeError> {
+        let id = self.id.ok_or(CeError::Missing("id"))?;
+        if trim(id).is_empty() {
+            return Err(CeError::Blank("id"));
+        }
+        let source = self.source.ok_or(CeError::Missing("source"))?;
+        if !is_uri_reference(source) {
+            return Err(CeError::Invalid("source"));
+        }
+        let ty = self.type_.ok_or(CeError::Missing("type"))?;
+        if trim(ty).is_empty() {
+            return Err(CeError::Blank("type"));
+        }
+        if self.subject.is_some_and(|s| s.is_empty()) {
+            return Err(CeError::Blank("subject"));
+        }
+        if self.time.is_some_and(|t| !is_rfc3339(t)) {
+            return Err(CeError::Invalid("time"));
+        }
+        if let Some(s) = self.dataschema {
+            let ok = match version {
+                SpecVersion::V1 => is_absolute_uri(s),
+                SpecVersion::V03 => is_uri_reference(s),
+            };
+            if !ok {
+                return Err(CeError::Invalid("dataschema"));
+            }
+        }
+        if self.datacontenttype.is_some_and(|ct| !is_media_type(ct)) {
+            return Err(CeError::Invalid("datacontenttype"));
+        }
+        Ok(())
+    }
+}
+
+fn write_binary(
+    head: &[u8],
+    headers: &[HeaderRange],
+    content_type: Option<&[u8]>,
+    out: &mut BytesMut,
+) -> Result<(), CeError> {
+    // Only the first value of a repeated header counts (contract §2.2).
+    let first = |i: usize, attr: &[u8]| {
+        !headers[..i]
+            .iter()
+            .any(|h| ce_name(head, h).is_some_and(|n| n.eq_ignore_ascii_case(attr)))
+    };
+    let spec = headers
+        .iter()
+        .find(|h| ce_name(head, h).is_some_and(|n| n.eq_ignore_ascii_case(b"specversion")))
+        .map(|h| &head[h.value.clone()])
+        .ok_or(CeError::UnknownEncoding)?;
+    let version = SpecVersion::parse(spec)?;
+    let mut attrs = Attrs {
+        datacontenttype: content_type,
+        ..Attrs::default()
+    };
+    for (i, h) in headers.iter().enumerate() {
+        let Some(attr) = ce_name(head, h) else {
+            continue;
+        };
+        if !first(i, attr) {
+            continue;
+        }
+        let value = &head[h.value.clone()];
+        let slot = match attr.to_ascii_lowercase().as_slice() {
+            b"id" => &mut attrs.id,
+            b"source" => &mut attrs.source,
+            b"type" => &mut attrs.type_,
+            b"subject" => &mut attrs.subject,
+            b"time" => &mut attrs.time,
+            b"dataschema" if version == SpecVersion::V1 => &mut attrs.dataschema,
+            b"schemaurl" if version == SpecVersion::V03 => &mut attrs.dataschema,
+            b"specversion" | b"datacontentencoding" if version == SpecVersion::V03 => {
+                put_ce_header(out, attr, value);
+                continue;
+            }
+            b"specversion" => {
+                put_ce_header(out, attr, value);
+                continue;
+            }
+            _ => {
+                // An extension: letters and digits only, and no core attribute's name (e.g. a
+                // `ce-datacontenttype` header collides with Content-Type).
+                if !attr.iter().all(u8::is_ascii_alphanumeric) || version.is_core(attr) {
+                    return Err(CeError::InvalidExtensionName);
+                }
+                put_ce_header(out, attr, value);
+                continue;
+            }
+        };
+        *slot = Some(value);
+        put_ce_header(out, attr, value);
+    }
+    attrs.validate(version)?;
+    if let Some(ct) = content_type {
+        put_header(out, &[b"Content-Type"], ct);
+    }
+    Ok(())
+}
+
+/// A JSON string borrowed from the body when it has no escapes, owned otherwise.
+struct JsonStr<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for JsonStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = JsonStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A structured-mode extension value (contract §3.2): strings pass, booleans become text, numbers
+/// become 32-bit integers (fractions truncated), `null` removes the extension.
+enum ExtValue<'a> {
+    Str(Cow<'a, str>),
+    Bool(bool),
+    Int(i32),
+    Null,
+}
+
+impl<'de> serde::Deserialize<'de> for ExtValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ExtValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, boolean, integer or null")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(ExtValue::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ExtValue::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(ExtValue::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                i32::try_from(v)
+                    .map(ExtValue::Int)
+                    .map_err(|_| E::custom("extension integer out of range"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i32::try_from(v)
+                    .map(ExtValue::Int)
+                    .map_err(|_| E::custom("extension integer out of range"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                let t = v.trunc();
+                if t >= f64::from(i32::MIN) && t <= f64::from(i32::MAX) {
+                    Ok(ExtValue::Int(t as i32))
+                } else {
+                    Err(E::custom("extension number out of range"))
+                }
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ExtValue::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ExtValue::Null)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The top-level members of a structured event, borrowed from the body.
+#[derive(Default)]
+struct Structured<'a> {
+    specversion: Option<JsonStr<'a>>,
+    id: Option<JsonStr<'a>>,
+    source: Option<JsonStr<'a>>,
+    type_: Option<JsonStr<'a>>,
+    subject: Option<JsonStr<'a>>,
+    time: Option<JsonStr<'a>>,
+    dataschema: Option<JsonStr<'a>>,
+    schemaurl: Option<JsonStr<'a>>,
+    datacontenttype: Option<JsonStr<'a>>,
+    datacontentencoding: Option<JsonStr<'a>>,
+    data: Option<&'a RawValue>,
+    data_base64: Option<JsonStr<'a>>,
+    /// Allocated only when the event has extensions.
+    extensions: Vec<(JsonStr<'a>, ExtValue<'a>)>,
+}
+
+impl<'de> serde::Deserialize<'de> for Structured<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Structured<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut ev = Structured::default();
+                while let Some(key) = map.next_key::<JsonStr<'de>>()? {
+                    let slot = match key.0.as_ref() {
+                        "specversion" => &mut ev.specversion,
+                        "id" => &mut ev.id,
+                        "source" => &mut ev.source,
+                        "type" => &mut ev.type_,
+                        "subject" => &mut ev.subject,
+                        "time" => &mut ev.time,
+                        "dataschema" => &mut ev.dataschema,
+                        "schemaurl" => &mut ev.schemaurl,
+                        "datacontenttype" => &mut ev.datacontenttype,
+                        "datacontentencoding" => &mut ev.datacontentencoding,
+                        "data_base64" => &mut ev.data_base64,
+                        "data" => {
+                            ev.data = Some(map.next_value()?);
+                            continue;
+                        }
+                        _ => {
+                            let value: ExtValue<'de> = map.next_value()?;
+                            ev.extensions.retain(|(k, _)| k.0 != key.0);
+                            ev.extensions.push((key, value));
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(ev)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn is_json_media_type(mt: &[u8]) -> bool {
+    mt.is_empty()
+        || mt.eq_ignore_ascii_case(b"application/json")
+        || mt.eq_ignore_ascii_case(b"text/json")
+        || mt.eq_ignore_ascii_case(b"application/cloudevents+json")
+        || mt.eq_ignore_ascii_case(b"application/cloudevents-batch+json")
+}
+
+/// A value that becomes an HTTP header must not carry control characters (a JSON string can
+/// encode a CR or LF; writing it would split the header block).
+fn header_safe(v: &str) -> Result<&[u8], CeError> {
+    let b = v.as_bytes();
+    if b.iter().any(|&c| (c < 0x20 && c != b'\t') || c == 0x7f) {
+        Err(CeError::Invalid("attribute value with control characters"))
+    } else {
+        Ok(b)
+    }
+}
+
+fn opt_bytes<'s>(v: &'s Option<JsonStr<'_>>) -> Result<Option<&'s [u8]>, CeError> {
+    v.as_ref().map(|s| header_safe(&s.0)).transpose()
+}
+
+fn write_structured(body: &Bytes, out: &mut BytesMut) -> Result<Bytes, CeError> {
+    let ev: Structured<'_> =
+        serde_json::from_slice(body).map_err(|e| CeError::Json(e.to_string()))?;
+    let spec = ev
+        .specversion
+        .as_ref()
+        .ok_or(CeError::Missing("specversion"))?;
+    let version = SpecVersion::parse(spec.0.as_bytes())?;
+    let schema = match version {
+        SpecVersion::V1 => &ev.dataschema,
+        SpecVersion::V03 => &ev.schemaurl,
+    };
+    let attrs = Attrs {
+        id: opt_bytes(&ev.id)?,
+        source: opt_bytes(&ev.source)?,
+        type_: opt_bytes(&ev.type_)?,
+        subject: opt_bytes(&ev.subject)?,
+        time: opt_bytes(&ev.time)?,
+        dataschema: opt_bytes(schema)?,
+        datacontenttype: opt_bytes(&ev.datacontenttype)?,
+    };
+    attrs.validate(version)?;
+    put_ce_header(out, b"specversion", spec.0.as_bytes());
+    let named: [(&[u8], Option<&[u8]>); 5] = [
+        (b"id", attrs.id),
+        (b"source", attrs.source),
+        (b"type", attrs.type_),
+        (b"subject", attrs.subject),
+        (b"time", attrs.time),
+    ];
+    for (name, value) in named {
+        if let Some(v) = value {
+            put_ce_header(out, name, v);
+        }
+    }
+    if let Some(v) = attrs.dataschema {
+        let name: &[u8] = match version {
+            SpecVersion::V1 => b"dataschema",
+            SpecVersion::V03 => b"schemaurl",
+        };
+        put_ce_header(out, name, v);
+    }
+    for (name, value) in &ev.extensions {
+        let n = name.0.as_bytes();
+        if n.is_empty() || !n.iter().all(u8::is_ascii_alphanumeric) || version.is_core(n) {
+            return Err(CeError::InvalidExtensionName);
+        }
+        match value {
+            ExtValue::Str(s) => put_ce_header(out, n, header_safe(s)?),
+            ExtValue::Bool(b) => put_ce_header(out, n, if *b { b"true" } else { b"false" }),
+            ExtValue::Int(i) => put_ce_header(out, n, i.to_string().as_bytes()),
+            ExtValue::Null => {}
+        }
+    }
+    if let Some(ct) = attrs.datacontenttype {
+        put_header(out, &[b"Content-Type"], ct);
+    }
+    let mt = attrs.datacontenttype.map(media_type).unwrap_or(b"");
+    let base64_03 = version == SpecVersion::V03
+        && ev
+            .datacontentencoding
+            .as_ref()
+            .is_some_and(|e| e.0.eq_ignore_ascii_case("base64"));
+    match (ev.data, &ev.data_base64) {
+        (Some(_), Some(_)) => Err(CeError::Invalid("data and data_base64 together")),
+        (None, Some(b64)) => decode_base64(&b64.0),
+        (None, None) => Ok(Bytes::new()),
+        (Some(raw), None) if raw.get() == "null" => Ok(Bytes::new()),
+        (Some(raw), None) => {
+            let text = raw.get();
+            if text.starts_with('"') {
+                let s: JsonStr<'_> =
+                    serde_json::from_str(text).map_err(|e| CeError::Json(e.to_string()))?;
+                if base64_03 {
+                    return decode_base64(&s.0);
+                }
+                if !is_json_media_type(mt) {
+                    // Non-JSON content: the data is the string's text. Zero-copy when the string
+                    // had no escapes (the common case), one copy otherwise.
+                    return Ok(match s.0 {
+                        Cow::Borrowed(b) => body.slice_ref(b.as_bytes()),
+                        Cow::Owned(o) => Bytes::from(o),
+                    });
+                }
+            } else if !is_json_media_type(mt) {
+                return Err(CeError::Invalid(
+                    "data (not a string for a non-JSON content type)",
+                ));
+            }
+            // JSON data is delivered as its JSON text, byte for byte, sliced out of the body.
+            Ok(body.slice_ref(text.as_bytes()))
+        }
+    }
+}
+
+fn decode_base64(s: &str) -> Result<Bytes, CeError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map(Bytes::from)
+        .map_err(|_| CeError::Invalid("data_base64"))
+}
+
+/// RFC 3339 `date-time` as Go's `time.Parse(time.RFC3339, …)` accepts it.
+pub fn is_rfc3339(s: &[u8]) -> bool {
+    fn num(s: &[u8]) -> Option<u32> {
+        s.iter().try_fold(0u32, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+        })
+    }
+    if s.len() < 20
+        || s[4] != b'-'
+        || s[7] != b'-'
+        || s[10] != b'T'
+        || s[13] != b':'
+        || s[16] != b':'
+    {
+        return false;
+    }
+    let (Some(year), Some(month), Some(day), Some(hour), Some(min), Some(sec)) = (
+        num(&s[0..4]),
+        num(&s[5..7]),
+        num(&s[8..10]),
+        num(&s[11..13]),
+        num(&s[14..16]),
+        num(&s[17..19]),
+    ) else {
+        return false;
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    if day == 0 || day > days || hour > 23 || min > 59 || sec > 59 {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let [b'.', tail @ ..] = rest {
+        let digits = tail.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &tail[digits..];
+    }
+    match rest {
+        b"Z" => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            matches!((num(&[*h1, *h2]), num(&[*m1, *m2])), (Some(h), Some(m)) if h < 24 && m < 60)
+        }
+        _ => false,
+    }
+}
+
+/// A URI reference as Go's `url.Parse` accepts it: no control characters, valid percent
+/// escapes, and no colon in the first segment of a scheme-less reference.
+pub fn is_uri_reference(s: &[u8]) -> bool {
+    if s.is_empty() || s.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return false;
+    }
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            if i + 2 >= s.len() {
+                return false;
+            }
+            if !(s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    match scheme_len(s) {
+        Some(_) => authority_ok(s),
+        None => {
+            // Without a scheme, a colon before the first slash is an error in Go.
+            let seg_end = memchr::memchr2(b'/', b'?', s).unwrap_or(s.len());
+            let seg_end = memchr::memchr(b'#', &s[..seg_end]).unwrap_or(seg_end);
+            !s[..seg_end].contains(&b':')
+        }
+    }
+}
+
+/// Length of a valid `scheme:` prefix, if any.
+fn scheme_len(s: &[u8]) -> Option<usize> {
+    let colon = memchr::memchr(b':', s)?;
+    let scheme = &s[..colon];
+    let valid = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    valid.then_some(colon)
+}
+
+/// With `scheme://host:port`, the port must be digits and brackets must close.
+fn authority_ok(s: &[u8]) -> bool {
+    let Some(colon) = scheme_len(s) else {
+        return true;
+    };
+    let rest = &s[colon + 1..];
+    let Some(auth) = rest.strip_prefix(b"//") else {
+        return true;
+    };
+    let end = auth
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(auth.len());
+    let auth = &auth[..end];
+    let host = match memchr::memrchr(b'@', auth) {
+        Some(at) => &auth[at + 1..],
+        None => auth,
+    };
+    if let Some(inner) = host.strip_prefix(b"[") {
+        return match memchr::memchr(b']', inner) {
+            Some(close) => match &inner[close + 1..] {
+                [] => true,
+                [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+                _ => false,
+            },
+            None => false,
+        };
+    }
+    match memchr::memrchr(b':', host) {
+        Some(c) => host[c + 1..].iter().all(u8::is_ascii_digit),
+        None => true,
+    }
+}
+
+pub fn is_absolute_uri(s: &[u8]) -> bool {
+    is_uri_reference(s) && scheme_len(s).is_some()
+}
+
+fn is_token_char(b: u8) -> bool {
+    b > 0x20 && b < 0x7f && !b"()<>@,;:\\\"/[]?=".contains(&b)
+}
+
+fn token(s: &[u8]) -> (&[u8], &[u8]) {
+    let n = s.iter().take_while(|&&b| is_token_char(b)).count();
+    (&s[..n], &s[n..])
+}
+
+/// A media type as Go's `mime.ParseMediaType` accepts it: `type/subtype` or a lone token, then
+/// `; key=value` parameters whose value is a token or a quoted string.
+pub fn is_media_type(s: &[u8]) -> bool {
+    let end = memchr::memchr(b';', s).unwrap_or(s.len());
+    let mt = trim(&s[..end]);
+    let (ty, rest) = token(mt);
+    if ty.is_empty() {
+        return false;
+    }
+    if let Some(sub) = rest.strip_prefix(b"/") {
+        let (sub, rest) = token(sub);
+        if sub.is_empty() || !rest.is_empty() {
+            return false;
+        }
+    } else if !rest.is_empty() {
+        return false;
+    }
+    let mut params = &s[end..];
+    let mut seen: Vec<&[u8]> = Vec::new();
+    loop {
+        params = trim(params);
+        if params.is_empty() {
+            return true;
+        }
+        let Some(p) = params.strip_prefix(b";") else {
+            return false;
+        };
+        let p = trim(p);
+        let (key, rest) = token(p);
+        if key.is_empty() {
+            // A trailing semicolon is tolerated.
+            return trim(p).is_empty();
+        }
+        let Some(rest) = trim(rest).strip_prefix(b"=") else {
+            return false;
+        };
+        let rest = trim(rest);
+        let rest = if let Some(q) = rest.strip_prefix(b"\"") {
+            let mut i = 0;
+            loop {
+                match q.get(i) {
+                    None => return false,
+                    Some(b'\\') => i += 2,
+                    Some(b'"') => break &q[i + 1..],
+                    Some(_) => i += 1,
+                }
+            }
+        } else {
+            let (v, rest) = token(rest);
+            if v.is_empty() {
+                return false;
+            }
+            rest
+        };
+        if seen.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            return false;
+        }
+        seen.push(key);
+        params = rest;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_request, RequestHead};
+
+    fn run(raw: &[u8]) -> Result<(String, Bytes), CeError> {
+        let mut head = RequestHead::new();
+        assert!(parse_request(raw, 1 << 16, 128, &mut head).unwrap());
+        let frozen = Bytes::copy_from_slice(&raw[..head.len]);
+        let body = Bytes::copy_from_slice(&raw[head.len..]);
+        let mut out = BytesMut::new();
+        let ct = head.content_type.clone().map(|r| &frozen[r]);
+        let data = write_binary_head(&frozen, &head.headers, ct, body, &mut out)?;
+        Ok((String::from_utf8(out.to_vec()).unwrap(), data))
+    }
+
+    const E1: &[u8] = b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: e1\r\nce-source: /src\r\nce-type: t.e1\r\ncontent-type: application/json\r\n\r\n{\"k\":1}";
+
+    #[test]
+    fn binary_event_is_forwarded_with_canonical_names() {
+        let (head, body) = run(E1).unwrap();
+        assert_eq!(
+            head,
+            "Ce-Specversion: 1.0\r\nCe-Id: e1\r\nCe-Source: /src\r\nCe-Type: t.e1\r\nContent-Type: application/json\r\n"
+        );
+        assert_eq!(&body[..], b"{\"k\":1}");
+    }
+
+    #[test]
+    fn binary_validation_failures() {
+        let cases: [(&[u8], CeError); 6] = [
+            (b"POST / HTTP/1.1\r\ncontent-type: application/json\r\n\r\n", CeError::UnknownEncoding),
+            (b"POST / HTTP/1.1\r\nce-specversion: 10.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::UnknownSpecVersion),
+            (b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::Missing("id")),
+            (b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id:    \r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::Blank("id")),
+            (b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-my-ext: x\r\n\r\n", CeError::InvalidExtensionName),
+            (b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-datacontenttype: x/y\r\n\r\n", CeError::InvalidExtensionName),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                run(raw).unwrap_err(),
+                want,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn structured_event_becomes_binary_with_data_sliced() {
+        let raw = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json; charset=utf-8\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s1\",\"source\":\"/src\",\"type\":\"t\",\"datacontenttype\":\"application/json\",\"data\":{\"m\":\"hi\"},\"ext1\":\"v\",\"n\":3.9,\"b\":true,\"z\":null}";
+        let (head, body) = run(raw).unwrap();
+        assert!(head.contains("Ce-Id: s1\r\n"), "{head}");
+        assert!(head.contains("Ce-Ext1: v\r\n"));
+        assert!(head.contains("Ce-N: 3\r\n"));
+        assert!(head.contains("Ce-B: true\r\n"));
+        assert!(!head.contains("Ce-Z"));
+        assert!(head.contains("Content-Type: application/json\r\n"));
+        assert_eq!(&body[..], b"{\"m\":\"hi\"}");
+    }
+
+    #[test]
+    fn structured_data_forms() {
+        let b64 = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"application/octet-stream\",\"data_base64\":\"AAEC\"}";
+        assert_eq!(&run(b64).unwrap().1[..], &[0u8, 1, 2]);
+        let text = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"text/plain\",\"data\":\"a\\nb\"}";
+        assert_eq!(&run(text).unwrap().1[..], b"a\nb");
+        let bad = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"application/vnd.x+json\",\"data\":{}}";
+        assert!(run(bad).is_err());
+        let inject = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\\r\\nX: y\",\"source\":\"/s\",\"type\":\"t\"}";
+        assert!(run(inject).is_err(), "CR/LF must never reach a header");
+        assert!(matches!(
+            run(b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{"),
+            Err(CeError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn passthrough_headers_keep_names_and_values() {
+        let raw = b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nKNATIVE-Multi: a\r\nKNATIVE-Multi: b\r\nFoo: bar\r\nAuthorization: x\r\ntraceparent: 00-1\r\n\r\n";
+        let (head, _) = run(raw).unwrap();
+        assert!(head.contains("KNATIVE-Multi: a\r\nKNATIVE-Multi: b\r\n"));
+        assert!(head.contains("traceparent: 00-1\r\n"));
+        assert!(!head.contains("Foo") && !head.contains("Authorization"));
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert!(is_rfc3339(b"2020-07-06T11:23:12.500+02:00"));
+        assert!(is_rfc3339(b"2020-02-29T00:00:00Z"));
+        assert!(!is_rfc3339(b"2021-02-29T00:00:00Z"));
+        assert!(!is_rfc3339(b"yesterday"));
+        assert!(!is_rfc3339(b"2020-07-06 11:23:12Z"));
+        assert!(!is_rfc3339(b"2020-07-06T11:23:12."));
+    }
+
+    #[test]
+    fn media_types_as_go_parses_them() {
+        for ok in [
+            "text",
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "a/b;",
+            "a/b; x=\"q;\"",
+        ] {
+            assert!(is_media_type(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "text/",
+            "@",
+            "text/plain; charset",
+            "a/b c",
+            "a/b; x=1; x=2",
+        ] {
+            assert!(!is_media_type(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uri_references() {
+        for ok in [
+            "/src",
+            "http://a.b/c",
+            "urn:x:y",
+            "a b",
+            "https://[::1]:80/",
+        ] {
+            assert!(is_uri_reference(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            ":x",
+            "%zz",
+            "a%2",
+            "1a:b",
+            "http://h:port/",
+            "http://[::1",
+        ] {
+            assert!(!is_uri_reference(bad.as_bytes()), "{bad}");
+        }
+        assert!(!is_absolute_uri(b"/relative"));
+    }
+}

@@ -1,0 +1,188 @@
+//! Command line and environment. Every flag can also be set through an environment variable
+//! (`IMC_*`); the variables of upstream's Deployment are accepted and never break start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The I/O driver of the worker runtimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoDriver {
+    /// io_uring when the kernel and seccomp allow it, epoll otherwise.
+    Auto,
+    /// io_uring only; start-up fails if it is refused.
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// imc-dispatcher: receives CloudEvents for InMemoryChannels and delivers them to every subscriber.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "imc-dispatcher", version, about, long_about = None)]
+pub struct Args {
+    /// InMemoryChannel manifests to serve: a YAML (multi-document) or JSON file, or a directory of
+    /// them, as `kubectl get imc -o yaml` prints them. Watched; changes apply without a restart.
+    #[arg(long, env = "IMC_CHANNELS", value_name = "PATH")]
+    pub channels: Option<PathBuf>,
+
+    /// Address of the event ingress (host- and path-routed). Port 0 picks a free port.
+    #[arg(
+        long,
+        env = "IMC_LISTEN",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Address of the metrics and health endpoint.
+    #[arg(
+        long,
+        env = "IMC_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090",
+        value_name = "ADDR"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Worker threads, one runtime and one listener each [default: number of CPUs].
+    #[arg(long, env = "IMC_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// I/O driver: io_uring, or epoll where container runtimes block io_uring.
+    #[arg(long, env = "IMC_IO_DRIVER", value_enum, default_value = "auto")]
+    pub io_driver: IoDriver,
+
+    /// Cluster domain used for the host of channels that have no status.address.url.
+    #[arg(
+        long,
+        env = "CLUSTER_DOMAIN",
+        default_value = "cluster.local",
+        value_name = "D"
+    )]
+    pub cluster_domain: String,
+
+    /// Serve only channels of this namespace that carry `eventing.knative.dev/scope: namespace`
+    /// (upstream's namespace-scoped dispatcher). Unset: serve cluster-scoped channels.
+    #[arg(long, env = "NAMESPACE", value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// Largest accepted request body; larger requests get 413 (D3).
+    #[arg(long, env = "IMC_MAX_BODY_BYTES", default_value_t = 32 << 20, value_name = "B")]
+    pub max_body_bytes: usize,
+
+    /// Largest accepted request head (request line and headers); larger ones get 431 (D4).
+    #[arg(long, env = "IMC_MAX_HEADER_BYTES", default_value_t = 64 << 10, value_name = "B")]
+    pub max_header_bytes: usize,
+
+    /// Most headers accepted in one request; more get 431 (D4).
+    #[arg(long, env = "IMC_MAX_HEADERS", default_value_t = 128, value_name = "N")]
+    pub max_headers: usize,
+
+    /// Time a client has to send a whole request head once it started one (D5), e.g. `10s`.
+    #[arg(long, env = "IMC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub header_read_timeout: Duration,
+
+    /// Time an idle keep-alive connection is kept open (D5), e.g. `60s`.
+    #[arg(long, env = "IMC_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    pub idle_timeout: Duration,
+
+    /// Idle connections kept per subscriber host and worker (upstream's variable).
+    #[arg(long, env = "MAX_IDLE_CONNS_PER_HOST", default_value = "1000", value_parser = lenient_count, value_name = "N")]
+    pub max_idle_conns_per_host: usize,
+
+    /// Log format: `text` for people, `json` for log pipelines (one object per line).
+    #[arg(long, env = "IMC_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `imc_dispatcher=debug`.
+    #[arg(
+        long,
+        env = "IMC_LOG_LEVEL",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub log_level: String,
+}
+
+/// Parses `10s`, `500ms`, `1m30s`, a bare number of seconds, or ISO 8601 (`PT10S`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let sd: jiff::SignedDuration = t
+        .parse()
+        .map_err(|e| format!("`{s}` is not a duration (like 10s, 500ms, PT10S): {e}"))?;
+    Duration::try_from(sd).map_err(|_| format!("`{s}` is negative"))
+}
+
+/// Upstream requires `MAX_IDLE_CONNS_PER_HOST` > 0 and panics otherwise; imc-rs never fails start-up
+/// on upstream's variables: a value that is not a positive number falls back to the default.
+fn lenient_count(s: &str) -> Result<usize, String> {
+    Ok(s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or(1000))
+}
+
+impl Args {
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// The limits the ingress enforces, copied into every worker.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body: self.max_body_bytes,
+            max_head: self.max_header_bytes,
+            max_headers: self.max_headers.max(1),
+            header_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// Bounds of one ingress connection (D3-D5).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body: usize,
+    pub max_head: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_every_accepted_form() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("PT1.5S").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn upstream_variables_never_break_startup() {
+        assert_eq!(lenient_count("0").unwrap(), 1000);
+        assert_eq!(lenient_count("abc").unwrap(), 1000);
+        assert_eq!(lenient_count("100").unwrap(), 100);
+    }
+}

@@ -1,0 +1,395 @@
+//! The InMemoryChannel object (`messaging.knative.dev/v1`) as Kubernetes serves it, and its
+//! conversion into a validated [`ChannelConfig`]. Only the fields the dispatcher reads (contract
+//! §4.1) are modelled; everything else in a manifest is ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::delivery::DeliveryPolicy;
+
+pub const ASYNC_ANNOTATION: &str = "messaging.knative.dev/async-handler";
+pub const SCOPE_ANNOTATION: &str = "eventing.knative.dev/scope";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Imc {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: ImcSpec,
+    #[serde(default)]
+    pub status: Option<ImcStatus>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub generation: Option<i64>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ImcSpec {
+    #[serde(default)]
+    pub subscribers: Vec<SubscriberSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriberSpec {
+    #[serde(default)]
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub generation: Option<i64>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub subscriber_uri: Option<String>,
+    #[serde(default)]
+    pub reply_uri: Option<String>,
+    #[serde(default)]
+    pub delivery: Option<DeliverySpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySpec {
+    #[serde(default)]
+    pub dead_letter_sink: Option<Destination>,
+    #[serde(default)]
+    pub retry: Option<i32>,
+    #[serde(default)]
+    pub backoff_policy: Option<String>,
+    #[serde(default)]
+    pub backoff_delay: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retry_after_max: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Destination {
+    #[serde(default)]
+    pub uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImcStatus {
+    #[serde(default)]
+    pub address: Option<Address>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Address {
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub status: String,
+}
+
+impl Imc {
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The routing gate (contract §4.1): Ready=True and observedGeneration == generation. In the
+    /// file source a channel with no status is Ready.
+    pub fn is_ready(&self) -> bool {
+        let Some(status) = &self.status else {
+            return true;
+        };
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .is_none_or(|c| c.status == "True");
+        let generation_ok = match (self.metadata.generation, status.observed_generation) {
+            (Some(g), Some(o)) => g == o,
+            _ => true,
+        };
+        ready && generation_ok
+    }
+
+    /// Which dispatcher serves the channel (contract §4.6).
+    pub fn in_scope(&self, namespace_mode: Option<&str>) -> bool {
+        let scope = self
+            .metadata
+            .annotations
+            .get(SCOPE_ANNOTATION)
+            .map(String::as_str);
+        match namespace_mode {
+            None => scope != Some("namespace"),
+            Some(ns) => scope == Some("namespace") && self.namespace() == ns,
+        }
+    }
+}
+
+/// Go's `strconv.ParseBool` true set.
+fn parse_bool(s: &str) -> bool {
+    matches!(s, "1" | "t" | "T" | "TRUE" | "true" | "True")
+}
+
+/// An HTTP target parsed once at configuration time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The URL as delivered to (after upstream's sanitising), for logs and `knativeerrordest`.
+    pub url: String,
+    /// Host name or IP literal (brackets removed).
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header: the URL's authority.
+    pub authority: String,
+    /// Path and query, `/` when empty.
+    pub path: String,
+    pub tls: bool,
+}
+
+impl Target {
+    pub fn parse(raw: &str) -> Result<Target, String> {
+        let uri: http::Uri = raw
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{raw}` is not a URL: {e}"))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("`{raw}` has no host"))?
+            .clone();
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err(format!("`{raw}` has no host"));
+        }
+        let (tls, path) = match scheme {
+            "http" => (false, uri.path_and_query().map_or("/", |p| p.as_str())),
+            "https" => (true, uri.path_and_query().map_or("/", |p| p.as_str())),
+            // Upstream's sanitizeURL: any other scheme becomes http://<host>/, path dropped.
+            _ => (false, "/"),
+        };
+        let path = if path.is_empty() { "/" } else { path }.to_owned();
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let url = format!(
+            "{}://{}{}",
+            if tls { "https" } else { "http" },
+            authority.as_str(),
+            if path == "/" && !raw.trim_end().ends_with('/') {
+                ""
+            } else {
+                &path
+            }
+        );
+        Ok(Target {
+            url,
+            host,
+            port,
+            authority: authority.as_str().to_owned(),
+            path,
+            tls,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberConfig {
+    pub uid: String,
+    pub name: Option<String>,
+    pub generation: Option<i64>,
+    /// `None`: neither subscriberUri nor replyUri; every event fails for this subscriber.
+    pub target: Option<Target>,
+    pub reply: Option<Target>,
+    pub dead_letter: Option<Target>,
+    /// `None`: no `delivery` block, one attempt and no timeout.
+    pub policy: Option<DeliveryPolicy>,
+}
+
+/// One served channel, validated: what every worker's routing table is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelConfig {
+    pub namespace: String,
+    pub name: String,
+    /// Host routing key, without port (D2).
+    pub host: String,
+    /// D9: read on every update, not only when the channel is first seen.
+    pub async_handler: bool,
+    pub subscribers: Vec<SubscriberConfig>,
+}
+
+impl ChannelConfig {
+    /// Validates a Ready channel. An invalid subscriber invalidates the whole channel update, as
+    /// upstream does (contract §3.4).
+    pub fn from_imc(imc: &Imc, cluster_domain: &str) -> Result<ChannelConfig, String> {
+        let ns = imc.namespace();
+        let name = &imc.metadata.name;
+        if name.is_empty() {
+            return Err("metadata.name is empty".into());
+        }
+        let host = match imc
+            .status
+            .as_ref()
+            .and_then(|s| s.address.as_ref())
+            .and_then(|a| a.url.as_deref())
+        {
+            Some(url) => {
+                Target::parse(url)
+                    .map_err(|e| format!("status.address.url: {e}"))?
+                    .host
+            }
+            None => format!("{name}-kn-channel.{ns}.svc.{cluster_domain}"),
+        };
+        let mut subscribers = Vec::with_capacity(imc.spec.subscribers.len());
+        for (i, s) in imc.spec.subscribers.iter().enumerate() {
+            let at = |field: &str| format!("spec.subscribers[{i}].{field}");
+            let parse = |field: &str, v: &Option<String>| {
+                v.as_deref()
+                    .filter(|u| !u.trim().is_empty())
+                    .map(Target::parse)
+                    .transpose()
+                    .map_err(|e| format!("{}: {e}", at(field)))
+            };
+            let mut target = parse("subscriberUri", &s.subscriber_uri)?;
+            let mut reply = parse("replyUri", &s.reply_uri)?;
+            // D15: a reply-only subscriber delivers to its reply target, as the spec says.
+            if target.is_none() {
+                target = reply.take();
+            }
+            let dead_letter = parse(
+                "delivery.deadLetterSink.uri",
+                &s.delivery
+                    .as_ref()
+                    .and_then(|d| d.dead_letter_sink.as_ref())
+                    .and_then(|d| d.uri.clone()),
+            )?;
+            let policy = DeliveryPolicy::from_spec(s.delivery.as_ref())
+                .map_err(|e| format!("{}: {e}", at("delivery")))?;
+            subscribers.push(SubscriberConfig {
+                uid: s.uid.clone().unwrap_or_default(),
+                name: s.name.clone(),
+                generation: s.generation,
+                target,
+                reply,
+                dead_letter,
+                policy,
+            });
+        }
+        Ok(ChannelConfig {
+            namespace: ns.to_owned(),
+            name: name.clone(),
+            host,
+            async_handler: imc
+                .metadata
+                .annotations
+                .get(ASYNC_ANNOTATION)
+                .is_some_and(|v| parse_bool(v)),
+            subscribers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn imc(yaml: &str) -> Imc {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn channel_without_status_gets_the_service_host() {
+        let c = ChannelConfig::from_imc(
+            &imc("metadata: {name: demo}\nspec: {subscribers: [{uid: a, subscriberUri: 'http://e.default.svc.cluster.local'}]}"),
+            "cluster.local",
+        )
+        .unwrap();
+        assert_eq!(c.host, "demo-kn-channel.default.svc.cluster.local");
+        assert_eq!(c.namespace, "default");
+        let t = c.subscribers[0].target.as_ref().unwrap();
+        assert_eq!(
+            (t.port, t.path.as_str(), t.authority.as_str()),
+            (80, "/", "e.default.svc.cluster.local")
+        );
+        assert_eq!(t.url, "http://e.default.svc.cluster.local");
+    }
+
+    #[test]
+    fn status_address_sets_the_host_and_readiness_gates() {
+        let ready = imc("metadata: {name: c, namespace: n, generation: 2}\nstatus: {observedGeneration: 2, address: {url: 'http://c-kn-channel.n.svc.example.org'}, conditions: [{type: Ready, status: 'True'}]}");
+        assert!(ready.is_ready());
+        assert_eq!(
+            ChannelConfig::from_imc(&ready, "cluster.local")
+                .unwrap()
+                .host,
+            "c-kn-channel.n.svc.example.org"
+        );
+        assert!(!imc(
+            "metadata: {name: c}\nstatus: {conditions: [{type: Ready, status: 'False'}]}"
+        )
+        .is_ready());
+        assert!(
+            !imc("metadata: {name: c, generation: 3}\nstatus: {observedGeneration: 2}").is_ready()
+        );
+    }
+
+    #[test]
+    fn reply_only_subscriber_delivers_to_its_reply_target() {
+        let c = ChannelConfig::from_imc(
+            &imc("metadata: {name: c}\nspec: {subscribers: [{uid: a, replyUri: 'http://r:8080/x?y=1'}]}"),
+            "cluster.local",
+        )
+        .unwrap();
+        let s = &c.subscribers[0];
+        assert_eq!(s.target.as_ref().unwrap().path, "/x?y=1");
+        assert!(s.reply.is_none());
+    }
+
+    #[test]
+    fn invalid_delivery_names_the_subscriber_and_field() {
+        let e = ChannelConfig::from_imc(
+            &imc("metadata: {name: c}\nspec: {subscribers: [{uid: a, subscriberUri: 'http://s', delivery: {backoffPolicy: linear, backoffDelay: garbage}}]}"),
+            "cluster.local",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("spec.subscribers[0].delivery") && e.contains("backoffDelay"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn odd_schemes_are_sanitised_like_upstream() {
+        let t = Target::parse("ftp://h:21/p").unwrap();
+        assert_eq!(
+            (t.tls, t.path.as_str(), t.url.as_str()),
+            (false, "/", "http://h:21")
+        );
+        assert!(Target::parse("/relative").is_err());
+    }
+
+    #[test]
+    fn async_annotation_and_scope() {
+        let c = imc("metadata: {name: c, annotations: {messaging.knative.dev/async-handler: 'True', eventing.knative.dev/scope: namespace}}");
+        assert!(ChannelConfig::from_imc(&c, "x").unwrap().async_handler);
+        assert!(!c.in_scope(None));
+        assert!(c.in_scope(Some("default")));
+        let yes =
+            imc("metadata: {name: c, annotations: {messaging.knative.dev/async-handler: 'yes'}}");
+        assert!(!ChannelConfig::from_imc(&yes, "x").unwrap().async_handler);
+    }
+}

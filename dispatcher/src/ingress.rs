@@ -1,0 +1,422 @@
+//! The ingress: one task per client connection, requests answered in order (pipelined requests
+//! are served one after the other from the same buffer).
+//!
+//! Budget: never copies a Content-Length body (it is frozen out of the connection buffer and
+//! shared with every subscriber), never allocates per request once the connection is warm, never
+//! blocks the core. Everything a client sends is bounded: head size and count (D4, 431), body size
+//! (D3, 413), time to send a head and idle time (D5); anything malformed gets 400 and a close.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::cloudevent::write_binary_head;
+use crate::config::Limits;
+use crate::fanout::fan_out;
+use crate::http::{
+    answer, parse_request, ChunkError, ChunkedDecoder, HeadError, Method, Probe, RequestHead,
+};
+use crate::routing::{key_of, Channel};
+use crate::worker::Worker;
+
+const READ_CHUNK: usize = 16 << 10;
+
+/// Why reading stopped before a request was complete.
+enum ReadStop {
+    /// The client closed, reset, or went quiet past its deadline; nothing more to answer.
+    Gone,
+    /// A deadline passed with a partial request in the buffer: answer 408, then close.
+    TimedOut,
+}
+
+struct Connection {
+    stream: TcpStream,
+    buf: BytesMut,
+    head: RequestHead,
+    limits: Limits,
+    /// Scratch for the rare answers built at run time; reused.
+    out: Vec<u8>,
+}
+
+/// Serves one client connection until it closes, misbehaves or times out.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection {
+        stream,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        head: RequestHead::new(),
+        limits: worker.limits,
+        out: Vec::new(),
+    };
+    while conn.serve_one(&worker).await {}
+}
+
+impl Connection {
+    async fn read_more(&mut self, want: usize, timeout: Duration) -> Result<usize, ReadStop> {
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < want.clamp(1024, READ_CHUNK) {
+            // Reclaims the same allocation in place once the previous request's Bytes are gone.
+            self.buf.reserve(want.clamp(READ_CHUNK, 8 << 20));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..))).await {
+            Ok((Ok(0), slice)) => {
+                self.buf = slice.into_inner();
+                Err(ReadStop::Gone)
+            }
+            Ok((Ok(n), slice)) => {
+                self.buf = slice.into_inner();
+                Ok(n)
+            }
+            Ok((Err(_), _)) => Err(ReadStop::Gone),
+            // The cancelled read took the buffer with it; the connection is closing anyway.
+            Err(_) if len > 0 => Err(ReadStop::TimedOut),
+            Err(_) => Err(ReadStop::Gone),
+        }
+    }
+
+    async fn write(&mut self, bytes: &'static [u8]) -> bool {
+        self.stream.write_all(bytes).await.0.is_ok()
+    }
+
+    /// Writes a fixed answer, adding the `Connection` header the client needs to see.
+    async fn answer(&mut self, bytes: &'static [u8], keep_alive: bool) -> bool {
+        let http10 = self.head.http10;
+        if keep_alive && !http10 {
+            return self.write(bytes).await;
+        }
+        let split = memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 2);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.extend_from_slice(&bytes[..split]);
+        if keep_alive {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        } else if !bytes.windows(17).any(|w| w == b"Connection: close") {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(&bytes[split..]);
+        let (res, out) = self.stream.write_all(out).await;
+        self.out = out;
+        res.is_ok() && keep_alive
+    }
+
+    /// Reads, answers and (for events) delivers one request. Returns whether to go on.
+    async fn serve_one(&mut self, w: &Rc<Worker>) -> bool {
+        let limits = w.limits;
+        // 1. The head, within the idle timeout before its first byte and the header read
+        //    timeout after it (D5).
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                let at = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+                match parse_request(
+                    &self.buf,
+                    limits.max_head,
+                    limits.max_headers,
+                    &mut self.head,
+                ) {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        let left = at.saturating_duration_since(Instant::now());
+                        match self.read_more(READ_CHUNK, left).await {
+                            Ok(_) => continue,
+                            Err(ReadStop::TimedOut) => {
+                                self.write(answer::TIMEOUT).await;
+                                return false;
+                            }
+                            Err(ReadStop::Gone) => return false,
+                        }
+                    }
+                    Err(e) => {
+                        let (bytes, why) = match e {
+                            HeadError::TooLarge => {
+                                (answer::HEAD_TOO_LARGE, "request head over the limit")
+                            }
+                            HeadError::UnsupportedTransferEncoding => {
+                                (answer::NOT_IMPLEMENTED, "unsupported Transfer-Encoding")
+                            }
+                            HeadError::Malformed(why) => (answer::MALFORMED, why),
+                        };
+                        w.bad_request(why, None);
+                        self.write(bytes).await;
+                        return false;
+                    }
+                }
+            }
+            if self
+                .read_more(READ_CHUNK, limits.idle_timeout)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        let head = self.buf.split_to(self.head.len).freeze();
+        let keep_alive = self.head.keep_alive;
+
+        // 2. What the request is: a probe, a bad path, an unknown channel, or an event.
+        let channel = match self.head.probe.clone() {
+            Probe::Kubelet => {
+                let ready = w.hub.is_ready();
+                return self
+                    .finish_without_body(
+                        if ready {
+                            answer::READY
+                        } else {
+                            answer::NOT_READY
+                        },
+                        keep_alive,
+                    )
+                    .await;
+            }
+            Probe::Network(hash) => {
+                let Some(hash) = hash else {
+                    return self
+                        .finish_without_body(answer::NETWORK_PROBE_NO_HASH, keep_alive)
+                        .await;
+                };
+                return self.network_probe(&head[hash], keep_alive).await;
+            }
+            Probe::None => {
+                let table = w.table();
+                let target = std::str::from_utf8(&head[self.head.target.clone()]).unwrap_or("");
+                let Some(key) = key_of(target) else {
+                    return self.finish_without_body(answer::BAD_PATH, keep_alive).await;
+                };
+                let host = self
+                    .head
+                    .host
+                    .clone()
+                    .and_then(|r| std::str::from_utf8(&head[r]).ok());
+                match table.route(&key, host) {
+                    // D1: an unknown channel is 404 (upstream: 500).
+                    None => {
+                        return self
+                            .finish_without_body(answer::UNKNOWN_CHANNEL, keep_alive)
+                            .await
+                    }
+                    Some(c) => c.clone(),
+                }
+            }
+        };
+        match self.head.method {
+            Method::Post => {}
+            Method::Options => return self.finish_without_body(answer::OPTIONS, keep_alive).await,
+            Method::Other => {
+                return self
+                    .finish_without_body(answer::METHOD_NOT_ALLOWED, keep_alive)
+                    .await
+            }
+        }
+
+        // 3. The body, zero-copy for Content-Length, reassembled for chunked (D3 bounds both).
+        if self
+            .head
+            .content_length
+            .is_some_and(|n| n > limits.max_body as u64)
+        {
+            w.bad_request("body over the size limit", Some(&channel));
+            self.write(answer::TOO_LARGE).await;
+            return false;
+        }
+        if self.head.expect_continue
+            && self.head.has_body()
+            && self.buf.is_empty()
+            && !self.write(answer::CONTINUE).await
+        {
+            return false;
+        }
+        let body = match self.read_body(w).await {
+            Ok(b) => b,
+            Err(Some(bytes)) => {
+                self.write(bytes).await;
+                return false;
+            }
+            Err(None) => return false,
+        };
+
+        // 4. Validate and write the binary-mode head every subscriber gets (one copy of the
+        //    attributes per event; the body is not touched).
+        let content_type = self.head.content_type.clone().map(|r| &head[r]);
+        let event_head = {
+            let mut eh = w.event_head.borrow_mut();
+            if eh.capacity() - eh.len() < 4096 {
+                eh.reserve(64 << 10);
+            }
+            match write_binary_head(&head, &self.head.headers, content_type, body, &mut eh) {
+                Ok(data) => {
+                    eh.put_slice(b"Content-Length: ");
+                    eh.put_slice(itoa::Buffer::new().format(data.len()).as_bytes());
+                    eh.put_slice(b"\r\n\r\n");
+                    Ok((eh.split().freeze(), data))
+                }
+                Err(e) => {
+                    eh.clear();
+                    Err(e)
+                }
+            }
+        };
+        let (event_head, data) = match event_head {
+            Ok(v) => v,
+            Err(e) => {
+                w.bad_request(&e.to_string(), Some(&channel));
+                return self.answer(answer::INVALID_EVENT, keep_alive).await;
+            }
+        };
+        drop(head);
+
+        // 5. Deliver, then answer: 202 once every subscriber succeeded, 500 otherwise.
+        let ok = fan_out(&w.pool, &channel, &event_head, &data, &w.delivery_log).await;
+        drop((event_head, data));
+        self.answer(
+            if ok { answer::ACCEPTED } else { answer::FAILED },
+            keep_alive,
+        )
+        .await
+    }
+
+    /// Answers a request whose body is not needed. A body already on its way is read and
+    /// dropped (bounded by the body limit); one the client holds back behind `Expect:
+    /// 100-continue` is never asked for, and the connection closes after the answer.
+    async fn finish_without_body(&mut self, bytes: &'static [u8], keep_alive: bool) -> bool {
+        let mut keep = keep_alive;
+        if self.head.has_body() {
+            if self.head.expect_continue && self.buf.is_empty() {
+                keep = false;
+            } else {
+                match self.discard_body().await {
+                    Ok(()) => {}
+                    Err(Some(bytes)) => {
+                        self.write(bytes).await;
+                        return false;
+                    }
+                    Err(None) => return false,
+                }
+            }
+        }
+        self.answer(bytes, keep).await
+    }
+
+    async fn discard_body(&mut self) -> Result<(), Option<&'static [u8]>> {
+        let progress = self.limits.header_timeout;
+        if let Some(n) = self.head.content_length {
+            if n > self.limits.max_body as u64 {
+                return Err(Some(answer::TOO_LARGE));
+            }
+            let mut left = n;
+            loop {
+                let k = (left as usize).min(self.buf.len());
+                let _ = self.buf.split_to(k);
+                left -= k as u64;
+                if left == 0 {
+                    return Ok(());
+                }
+                self.read_more(READ_CHUNK, progress)
+                    .await
+                    .map_err(|_| None)?;
+            }
+        }
+        // Chunked: decode into a scratch buffer that is dropped; bounded like any body.
+        let mut dec = ChunkedDecoder::default();
+        let mut sink = BytesMut::new();
+        loop {
+            match dec.decode(&mut self.buf, &mut sink, self.limits.max_body) {
+                Ok(true) => return Ok(()),
+                Ok(false) => sink.clear(),
+                Err(ChunkError::TooLarge) => return Err(Some(answer::TOO_LARGE)),
+                Err(ChunkError::Malformed) => return Err(Some(answer::MALFORMED)),
+            }
+            self.read_more(READ_CHUNK, progress)
+                .await
+                .map_err(|_| None)?;
+        }
+    }
+
+    /// Reads the body. `Err(Some(answer))`: answer that and close; `Err(None)`: just close.
+    async fn read_body(&mut self, w: &Worker) -> Result<Bytes, Option<&'static [u8]>> {
+        let limits = w.limits;
+        // Between reads of a body, the client must make progress within the header timeout.
+        let progress = limits.header_timeout;
+        if let Some(n) = self.head.content_length {
+            let n = n as usize;
+            while self.buf.len() < n {
+                let want = n - self.buf.len();
+                match self.read_more(want, progress).await {
+                    Ok(_) => {}
+                    Err(ReadStop::TimedOut) => return Err(Some(answer::TIMEOUT)),
+                    Err(ReadStop::Gone) => return Err(None),
+                }
+            }
+            return Ok(self.buf.split_to(n).freeze());
+        }
+        if !self.head.chunked {
+            return Ok(Bytes::new());
+        }
+        let mut dec = ChunkedDecoder::default();
+        let mut body = BytesMut::new();
+        loop {
+            match dec.decode(&mut self.buf, &mut body, limits.max_body) {
+                Ok(true) => return Ok(body.freeze()),
+                Ok(false) => {}
+                Err(ChunkError::TooLarge) => {
+                    w.bad_request("chunked body over the size limit", None);
+                    return Err(Some(answer::TOO_LARGE));
+                }
+                Err(ChunkError::Malformed) => {
+                    w.bad_request("malformed chunked body", None);
+                    return Err(Some(answer::MALFORMED));
+                }
+            }
+            match self.read_more(READ_CHUNK, progress).await {
+                Ok(_) => {}
+                Err(ReadStop::TimedOut) => return Err(Some(answer::TIMEOUT)),
+                Err(ReadStop::Gone) => return Err(None),
+            }
+        }
+    }
+
+    /// `K-Network-Probe`: 200 echoing `K-Network-Hash` (contract §1.4).
+    async fn network_probe(&mut self, hash: &[u8], keep_alive: bool) -> bool {
+        if self.head.has_body() && self.discard_body().await.is_err() {
+            return false;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nK-Network-Hash: ");
+        out.extend_from_slice(hash);
+        out.extend_from_slice(b"\r\nContent-Length: 0\r\n");
+        let keep = keep_alive;
+        if !keep {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.head.http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        let (res, out) = self.stream.write_all(out).await;
+        self.out = out;
+        res.is_ok() && keep
+    }
+}
+
+impl Worker {
+    /// Logs a refused request, at most once a second per worker (a flood of bad input must not
+    /// become a flood of log lines), with what was wrong and which channel it was for.
+    pub fn bad_request(&self, why: &str, channel: Option<&Channel>) {
+        if let Some(suppressed) = self.bad_input_log.allow() {
+            match channel {
+                Some(c) => tracing::info!(
+                    channel = %format_args!("{}/{}", c.namespace, c.name),
+                    reason = why,
+                    suppressed,
+                    "request refused"
+                ),
+                None => tracing::info!(reason = why, suppressed, "request refused"),
+            }
+        }
+    }
+}

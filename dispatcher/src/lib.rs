@@ -1,0 +1,35 @@
+//! imc-dispatcher: the data plane of imc-rs, a drop-in replacement for Knative Eventing's
+//! InMemoryChannel dispatcher. The behaviour it keeps is `imc-contract.md`; the places where it
+//! departs from upstream carry the decision number (`D1`..`D16`) in a comment.
+//!
+//! # Layout
+//! - [`config`]: the command line and environment (clap), durations, the I/O driver choice.
+//! - [`http`]: the hand-written HTTP/1.1 codec on top of httparse: request heads, response heads,
+//!   chunked bodies, the fixed answers the ingress writes. Never allocates per request.
+//! - [`cloudevent`]: the zero-copy CloudEvents view: validates binary and structured events and
+//!   writes the binary-mode head sent to every subscriber. Never copies the body of a binary event.
+//! - [`imc`]: the InMemoryChannel object model (`messaging.knative.dev/v1`) and its conversion into a
+//!   validated [`imc::ChannelConfig`].
+//! - [`channels`]: the channel set: a full, immutable snapshot of every served channel, built off the
+//!   cores from manifests, and the hand-off of snapshots to the workers.
+//! - [`source`]: channel sources; today the file/directory source with its watcher.
+//! - [`routing`]: the per-worker routing table (host key and `<ns>/<name>` key to a channel).
+//! - [`delivery`]: the per-subscriber delivery policy (retry, backoff, timeout) and the
+//!   classification of a failed attempt.
+//! - [`pool`]: per-worker keep-alive HTTP/1.1 connection pools to subscribers, and the client call.
+//! - [`fanout`]: one event to every subscriber of a channel, concurrently, sharing one body.
+//! - [`ingress`]: the per-connection server loop: limits, probes, routing, validation, answers.
+//! - [`worker`]: one monoio runtime per core, its listener, its table and its pool.
+
+pub mod channels;
+pub mod cloudevent;
+pub mod config;
+pub mod delivery;
+pub mod fanout;
+pub mod http;
+pub mod imc;
+pub mod ingress;
+pub mod pool;
+pub mod routing;
+pub mod source;
+pub mod worker;

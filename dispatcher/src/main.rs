@@ -1,0 +1,117 @@
+//! `imc-dispatcher`: parses the command line, binds the listeners, starts the channel source and
+//! one worker thread per core.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use imc_dispatcher::channels::Hub;
+use imc_dispatcher::config::{Args, LogFormat};
+use imc_dispatcher::source::FileSource;
+use imc_dispatcher::worker::{self, Driver, WorkerSpec};
+use tracing_subscriber::EnvFilter;
+
+// One allocator for all cores, with per-thread heaps: allocation on a core never contends.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn init_logging(args: &Args) {
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|e| {
+        eprintln!("--log-level {}: {e}; using info", args.log_level);
+        EnvFilter::new("info")
+    });
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    match args.log_format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args);
+    let Some(path) = args.channels.clone() else {
+        tracing::error!("no channel source: pass --channels PATH (a file or directory of InMemoryChannel manifests)");
+        return ExitCode::from(2);
+    };
+    if let Err(e) = std::fs::metadata(&path) {
+        tracing::error!(path = %path.display(), error = %e, "--channels path cannot be read");
+        return ExitCode::from(2);
+    }
+    let workers = args.worker_count();
+    let driver = match Driver::choose(args.io_driver) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (listeners, addr) = match worker::bind_listeners(args.listen, workers) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %args.listen, error = %e, "cannot bind the ingress");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(%addr, workers, driver = driver.name(), version = env!("CARGO_PKG_VERSION"), "ingress listening");
+
+    let hub = Arc::new(Hub::new(workers));
+    let source = FileSource::new(
+        path,
+        args.cluster_domain.clone(),
+        args.namespace.clone(),
+        hub.clone(),
+    );
+    if let Err(e) = std::thread::Builder::new()
+        .name("imc-source".into())
+        .spawn(move || source.run())
+    {
+        tracing::error!(error = %e, "cannot start the channel source");
+        return ExitCode::from(1);
+    }
+
+    // DNS lookups of subscriber hosts block; they run here, never on a worker core.
+    let blocking = monoio::blocking::DefaultThreadPool::new(2);
+    let limits = args.limits();
+    let mut handles = Vec::with_capacity(workers);
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let spec = WorkerSpec {
+            id,
+            driver,
+            listener,
+            hub: hub.clone(),
+            limits,
+            max_idle_per_host: args.max_idle_conns_per_host,
+            blocking: blocking.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("imc-worker-{id}"))
+            .spawn(move || worker::run(spec));
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                tracing::error!(worker = id, error = %e, "cannot start a worker thread");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    for (id, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(worker = id, error = %e, "worker stopped");
+                return ExitCode::from(1);
+            }
+            Err(_) => {
+                tracing::error!(worker = id, "worker panicked");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

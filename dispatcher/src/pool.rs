@@ -1,0 +1,392 @@
+//! Per-worker keep-alive HTTP/1.1 connection pools to subscribers, reply targets and dead-letter
+//! sinks, and the client exchange over them.
+//!
+//! Budget: never copies the body (a request is one vectored write of three shared `Bytes`: the
+//! target's prefix, the event head, the body), never blocks the core (DNS runs on a small blocking
+//! pool and is cached), and allocates nothing per request once connections are warm: each
+//! connection keeps its read buffer and its iovec array.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::buf::{IoBufMut, IoVecBuf};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::TcpStream;
+
+use crate::delivery::Failure;
+use crate::http::{parse_response, ChunkedDecoder};
+use crate::routing::Dest;
+
+/// Go's default transport: idle pooled connections are closed after 90 s.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Go's default dialer timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const DNS_TTL: Duration = Duration::from_secs(30);
+const MAX_RESPONSE_HEAD: usize = 64 << 10;
+const READ_CHUNK: usize = 16 << 10;
+
+/// A complete response from a target. `head` and `body` are slices of the connection's buffer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: Bytes,
+    pub body: Bytes,
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    iov: Vec<libc::iovec>,
+    idle_since: Instant,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            iov: Vec::with_capacity(3),
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// Reads more bytes into the buffer. The buffer is reclaimed in place when the previous
+    /// response's `Bytes` are gone, so warm connections do not allocate.
+    async fn read_more(&mut self, want: usize) -> io::Result<usize> {
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < want.clamp(1024, READ_CHUNK) {
+            self.buf.reserve(want.clamp(1024, 8 << 20));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
+        self.buf = slice.into_inner();
+        res
+    }
+}
+
+/// The three parts of an outgoing request, written with one `writev`.
+struct Frame {
+    parts: [Bytes; 3],
+    iov: Vec<libc::iovec>,
+}
+
+impl Frame {
+    fn new(iov: Vec<libc::iovec>, parts: [Bytes; 3]) -> Frame {
+        let mut f = Frame { parts, iov };
+        f.refresh();
+        f
+    }
+
+    fn refresh(&mut self) {
+        self.iov.clear();
+        for p in &self.parts {
+            if !p.is_empty() {
+                self.iov.push(libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                });
+            }
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        for p in &mut self.parts {
+            let k = n.min(p.len());
+            p.advance(k);
+            n -= k;
+        }
+        self.refresh();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.iov.is_empty()
+    }
+
+    fn into_iov(self) -> Vec<libc::iovec> {
+        let Frame { mut iov, .. } = self;
+        iov.clear();
+        iov
+    }
+}
+
+// SAFETY: every iovec points into one of the `Bytes` in `parts`, which the frame owns and never
+// mutates while the runtime holds it (`advance` and `refresh` run only between writes, when the
+// frame is back in our hands). The iovec array lives on the heap (a `Vec`), so moving the frame
+// into the runtime's operation does not move the array the kernel reads.
+unsafe impl IoVecBuf for Frame {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iov.len()
+    }
+}
+
+/// How an exchange ended when it did not produce a response.
+enum ExchangeError {
+    /// The peer closed or reset before sending a byte of response: on a reused connection this is
+    /// the server having dropped an idle connection, and the request is resent on a fresh one.
+    Closed(String),
+    Failed(Failure),
+}
+
+struct DnsEntry {
+    addrs: Rc<[SocketAddr]>,
+    expires: Instant,
+}
+
+/// One worker's connections to every upstream authority.
+pub struct Pool {
+    idle: RefCell<HashMap<Rc<str>, Vec<Conn>>>,
+    dns: RefCell<HashMap<Rc<str>, DnsEntry>>,
+    max_idle_per_host: usize,
+    max_response_body: usize,
+}
+
+impl Pool {
+    pub fn new(max_idle_per_host: usize, max_response_body: usize) -> Pool {
+        Pool {
+            idle: RefCell::default(),
+            dns: RefCell::default(),
+            max_idle_per_host,
+            max_response_body,
+        }
+    }
+
+    /// Sends `POST` with the event head and body to `dest` and reads the whole response.
+    pub async fn send(&self, dest: &Dest, head: &Bytes, body: &Bytes) -> Result<Response, Failure> {
+        if dest.tls {
+            return Err(Failure::Transport(format!(
+                "{}: https targets need TLS, which this build does not include",
+                dest.url
+            )));
+        }
+        if let Some(mut conn) = self.take(&dest.key) {
+            match self.exchange(&mut conn, dest, head, body).await {
+                Ok((resp, keep)) => {
+                    if keep {
+                        self.put(dest, conn);
+                    }
+                    return Ok(resp);
+                }
+                Err(ExchangeError::Closed(_)) => {} // stale: fall through to a fresh connection
+                Err(ExchangeError::Failed(f)) => return Err(f),
+            }
+        }
+        let mut conn = self.connect(dest).await?;
+        match self.exchange(&mut conn, dest, head, body).await {
+            Ok((resp, keep)) => {
+                if keep {
+                    self.put(dest, conn);
+                }
+                Ok(resp)
+            }
+            Err(ExchangeError::Closed(e)) => Err(Failure::Transport(e)),
+            Err(ExchangeError::Failed(f)) => Err(f),
+        }
+    }
+
+    fn take(&self, key: &str) -> Option<Conn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(key)?;
+        // Most recently used first; anything older than the freshest expired one is older still.
+        let conn = list.pop()?;
+        if conn.idle_since.elapsed() < IDLE_TIMEOUT {
+            Some(conn)
+        } else {
+            list.clear();
+            None
+        }
+    }
+
+    fn put(&self, dest: &Dest, mut conn: Conn) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(dest.key.clone()).or_default();
+        if list.len() < self.max_idle_per_host {
+            conn.idle_since = Instant::now();
+            list.push(conn);
+        }
+    }
+
+    async fn resolve(&self, dest: &Dest) -> Result<Rc<[SocketAddr]>, Failure> {
+        let now = Instant::now();
+        if let Some(e) = self.dns.borrow().get(&dest.key) {
+            if e.expires > now {
+                return Ok(e.addrs.clone());
+            }
+        }
+        let (addrs, ttl) = if let Ok(ip) = dest.host.parse::<IpAddr>() {
+            (
+                vec![SocketAddr::new(ip, dest.port)],
+                Duration::from_secs(86400 * 365),
+            )
+        } else {
+            // getaddrinfo blocks: it runs on the blocking pool, never on the core.
+            let host = dest.host.to_string();
+            let port = dest.port;
+            let found = monoio::spawn_blocking(move || {
+                (host.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|a| a.collect::<Vec<_>>())
+            })
+            .await;
+            match found {
+                Ok(Ok(v)) if !v.is_empty() => (v, DNS_TTL),
+                Ok(Ok(_)) => {
+                    return Err(Failure::Transport(format!(
+                        "lookup {}: no addresses",
+                        dest.host
+                    )))
+                }
+                Ok(Err(e)) => return Err(Failure::Transport(format!("lookup {}: {e}", dest.host))),
+                Err(_) => return Err(Failure::Transport("resolver unavailable".into())),
+            }
+        };
+        let addrs: Rc<[SocketAddr]> = addrs.into();
+        self.dns.borrow_mut().insert(
+            dest.key.clone(),
+            DnsEntry {
+                addrs: addrs.clone(),
+                expires: now + ttl,
+            },
+        );
+        Ok(addrs)
+    }
+
+    async fn connect(&self, dest: &Dest) -> Result<Conn, Failure> {
+        let addrs = self.resolve(dest).await?;
+        let mut last = String::new();
+        for addr in addrs.iter() {
+            match monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(*addr)).await {
+                Ok(Ok(stream)) => {
+                    // Whole requests go out in one write; Nagle would only add latency.
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Conn::new(stream));
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "i/o timeout".into(),
+            }
+        }
+        Err(Failure::Transport(format!("dial tcp {}: {last}", dest.key)))
+    }
+
+    async fn exchange(
+        &self,
+        conn: &mut Conn,
+        dest: &Dest,
+        head: &Bytes,
+        body: &Bytes,
+    ) -> Result<(Response, bool), ExchangeError> {
+        // Three reference-count increments, no copy: the same body goes to every subscriber.
+        let mut frame = Frame::new(
+            std::mem::take(&mut conn.iov),
+            [dest.prefix.clone(), head.clone(), body.clone()],
+        );
+        while !frame.is_empty() {
+            let (res, f) = conn.stream.writev(frame).await;
+            frame = f;
+            match res {
+                Ok(0) => {
+                    return Err(ExchangeError::Closed(
+                        "connection closed while writing".into(),
+                    ))
+                }
+                Ok(n) => frame.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ExchangeError::Closed(format!("write: {e}"))),
+            }
+        }
+        conn.iov = frame.into_iov();
+        let fail = |f: Failure| ExchangeError::Failed(f);
+
+        let mut got_any = !conn.buf.is_empty();
+        let rh = loop {
+            match parse_response(&conn.buf, MAX_RESPONSE_HEAD) {
+                // Interim responses (100 Continue and friends) are skipped.
+                Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                    conn.buf.advance(h.len);
+                    continue;
+                }
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => return Err(fail(Failure::Protocol(e))),
+            }
+            match conn.read_more(READ_CHUNK).await {
+                Ok(0) if got_any => {
+                    return Err(fail(Failure::Transport(
+                        "connection closed mid-response".into(),
+                    )))
+                }
+                Ok(0) => return Err(ExchangeError::Closed("EOF before any response".into())),
+                Ok(_) => got_any = true,
+                Err(e) if !got_any => return Err(ExchangeError::Closed(format!("read: {e}"))),
+                Err(e) => return Err(fail(Failure::Transport(format!("read: {e}")))),
+            }
+        };
+        let status = rh.status;
+        let head_bytes = conn.buf.split_to(rh.len).freeze();
+        let max = self.max_response_body;
+        let truncated = || fail(Failure::Transport("connection closed mid-body".into()));
+        let body = if rh.bodiless() {
+            Bytes::new()
+        } else if rh.chunked {
+            // A chunked response is reassembled: one copy, off the common path.
+            let mut dec = ChunkedDecoder::default();
+            let mut out = BytesMut::new();
+            loop {
+                match dec.decode(&mut conn.buf, &mut out, max) {
+                    Ok(true) => break out.freeze(),
+                    Ok(false) => {}
+                    Err(_) => return Err(fail(Failure::Protocol("bad chunked response body"))),
+                }
+                match conn.read_more(READ_CHUNK).await {
+                    Ok(0) => return Err(truncated()),
+                    Ok(_) => {}
+                    Err(e) => return Err(fail(Failure::Transport(format!("read: {e}")))),
+                }
+            }
+        } else if let Some(n) = rh.content_length {
+            if n > max as u64 {
+                return Err(fail(Failure::Protocol("response body over the size limit")));
+            }
+            let n = n as usize;
+            while conn.buf.len() < n {
+                let want = n - conn.buf.len();
+                match conn.read_more(want).await {
+                    Ok(0) => return Err(truncated()),
+                    Ok(_) => {}
+                    Err(e) => return Err(fail(Failure::Transport(format!("read: {e}")))),
+                }
+            }
+            conn.buf.split_to(n).freeze()
+        } else {
+            loop {
+                match conn.read_more(READ_CHUNK).await {
+                    Ok(0) => break conn.buf.split().freeze(),
+                    Ok(_) if conn.buf.len() > max => {
+                        return Err(fail(Failure::Protocol("response body over the size limit")))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(fail(Failure::Transport(format!("read: {e}")))),
+                }
+            }
+        };
+        // Bytes after the response mean the peer is out of step: never reuse that connection.
+        let keep = rh.keep_alive && conn.buf.is_empty();
+        Ok((
+            Response {
+                status,
+                head: head_bytes,
+                body,
+            },
+            keep,
+        ))
+    }
+}

@@ -1,0 +1,231 @@
+//! One monoio runtime per core: its own `SO_REUSEPORT` listener, its own routing table, its own
+//! connection pool, its own scratch buffers. Nothing here is shared with another core except the
+//! [`Hub`], read between requests.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use monoio::blocking::DefaultThreadPool;
+use monoio::net::TcpListener;
+
+use crate::channels::Hub;
+use crate::config::{IoDriver, Limits};
+use crate::pool::Pool;
+use crate::routing::Table;
+
+/// How often an idle worker looks for a new channel set (so that readiness and reloads do not
+/// wait for traffic). Busy workers look between requests.
+const TICK: Duration = Duration::from_millis(20);
+
+/// The driver a worker actually runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    /// Resolves `--io-driver`: `auto` probes io_uring (the kernel or a seccomp profile may refuse
+    /// it) and falls back to epoll.
+    pub fn choose(wanted: IoDriver) -> Result<Driver, String> {
+        match wanted {
+            IoDriver::Epoll => Ok(Driver::Epoll),
+            IoDriver::IoUring if monoio::utils::detect_uring() => Ok(Driver::IoUring),
+            IoDriver::IoUring => {
+                Err("io_uring was requested but the kernel or seccomp refuses it".into())
+            }
+            IoDriver::Auto if monoio::utils::detect_uring() => Ok(Driver::IoUring),
+            IoDriver::Auto => {
+                tracing::warn!("io_uring is not available here (kernel or seccomp); using epoll");
+                Ok(Driver::Epoll)
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// At most one log line a second; counts what it held back.
+#[derive(Default)]
+pub struct Throttle {
+    last: Cell<Option<Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl Throttle {
+    /// `Some(n)`: log now, mentioning the `n` lines suppressed since the last one.
+    pub fn allow(&self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last.get() {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
+}
+
+/// Everything one worker owns.
+pub struct Worker {
+    pub id: usize,
+    pub hub: Arc<Hub>,
+    pub limits: Limits,
+    pub pool: Pool,
+    table: RefCell<Rc<Table>>,
+    generation: Cell<u64>,
+    /// Event heads are written here and split off; the allocation is reused once they are gone.
+    pub event_head: RefCell<BytesMut>,
+    pub bad_input_log: Throttle,
+    pub delivery_log: Throttle,
+}
+
+impl Worker {
+    /// The current table, switching to a newly published set first. In-flight requests keep the
+    /// table they started with (they hold their channel's `Rc`).
+    #[inline]
+    pub fn table(&self) -> Rc<Table> {
+        self.refresh();
+        self.table.borrow().clone()
+    }
+
+    fn refresh(&self) {
+        let g = self.hub.generation();
+        if g == self.generation.get() {
+            return;
+        }
+        let set = self.hub.current();
+        let table = Table::build(&set);
+        tracing::debug!(
+            worker = self.id,
+            generation = g,
+            channels = table.len(),
+            "routing table installed"
+        );
+        *self.table.borrow_mut() = Rc::new(table);
+        self.generation.set(g);
+        self.hub.mark_installed(self.id, g);
+    }
+}
+
+/// What a worker thread needs from main.
+pub struct WorkerSpec {
+    pub id: usize,
+    pub driver: Driver,
+    pub listener: std::net::TcpListener,
+    pub hub: Arc<Hub>,
+    pub limits: Limits,
+    pub max_idle_per_host: usize,
+    pub blocking: DefaultThreadPool,
+}
+
+/// Runs one worker on the calling thread until the process ends.
+pub fn run(spec: WorkerSpec) -> io::Result<()> {
+    let blocking = Box::new(spec.blocking.clone());
+    match spec.driver {
+        Driver::IoUring => {
+            let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(4096)
+                .enable_timer()
+                .attach_thread_pool(blocking)
+                .build();
+            match rt {
+                Ok(mut rt) => rt.block_on(main_loop(spec)),
+                Err(e) => {
+                    tracing::warn!(worker = spec.id, error = %e, "io_uring runtime refused; this worker uses epoll");
+                    run(WorkerSpec {
+                        driver: Driver::Epoll,
+                        ..spec
+                    })
+                }
+            }
+        }
+        Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(blocking)
+            .build()?
+            .block_on(main_loop(spec)),
+    }
+}
+
+async fn main_loop(spec: WorkerSpec) -> io::Result<()> {
+    let listener = TcpListener::from_std(spec.listener)?;
+    let worker = Rc::new(Worker {
+        id: spec.id,
+        hub: spec.hub,
+        limits: spec.limits,
+        // Replies can be as large as events: the same limit bounds what is kept of a response.
+        pool: Pool::new(spec.max_idle_per_host, spec.limits.max_body),
+        table: RefCell::new(Rc::new(Table::default())),
+        generation: Cell::new(0),
+        event_head: RefCell::new(BytesMut::with_capacity(64 << 10)),
+        bad_input_log: Throttle::default(),
+        delivery_log: Throttle::default(),
+    });
+    let ticker = worker.clone();
+    monoio::spawn(async move {
+        loop {
+            ticker.refresh();
+            monoio::time::sleep(TICK).await;
+        }
+    });
+    let accept_log = Throttle::default();
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                monoio::spawn(crate::ingress::serve(worker.clone(), stream));
+            }
+            Err(e) => {
+                if let Some(suppressed) = accept_log.allow() {
+                    tracing::warn!(worker = spec.id, error = %e, suppressed, "accept failed");
+                }
+                // Out of descriptors or memory: back off instead of spinning.
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Binds one `SO_REUSEPORT` listener per worker on the same address, so the kernel spreads
+/// connections across cores. Port 0 is resolved by the first bind and reused by the others.
+pub fn bind_listeners(
+    addr: SocketAddr,
+    n: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut actual = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Socket::new(
+            Domain::for_address(actual),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&actual.into())?;
+        s.listen(4096)?;
+        if actual.port() == 0 {
+            actual = s
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("listener has no socket address"))?;
+        }
+        out.push(s.into());
+    }
+    Ok((out, actual))
+}
