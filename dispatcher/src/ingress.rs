@@ -23,7 +23,8 @@ use crate::http::{
 use crate::routing::{key_of, Channel};
 use crate::worker::Worker;
 
-const READ_CHUNK: usize = 16 << 10;
+/// Initial and minimum read size of a client connection; grows to fit larger requests.
+const READ_CHUNK: usize = 8 << 10;
 
 /// Why reading stopped before a request was complete.
 enum ReadStop {

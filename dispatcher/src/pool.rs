@@ -28,7 +28,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const DNS_TTL: Duration = Duration::from_secs(30);
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
-const READ_CHUNK: usize = 16 << 10;
+/// Responses are usually a few hundred bytes; the buffer grows for larger ones.
+const READ_CHUNK: usize = 4 << 10;
 
 /// A complete response from a target. `head` and `body` are slices of the connection's buffer.
 #[derive(Debug)]
