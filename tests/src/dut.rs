@@ -1,0 +1,403 @@
+//! The dispatcher under test (DUT): one `imc-dispatcher` process per test, fed a channels file in a
+//! temporary directory, killed when dropped.
+//!
+//! Its stderr is read by a background thread that keeps every line, so tests can assert on logs; the
+//! ingress address comes from the `ingress listening ... addr=127.0.0.1:PORT` line.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::client::{Conn, Request, Response};
+use crate::manifest::{channels_yaml, Channel};
+
+/// How long a DUT may take to bind its ingress, and then to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The dispatcher's I/O driver (`--io-driver`). Every test runs on both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io-uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// A kubelet probe, as the kubelet sends it (the path does not matter).
+pub fn kube_probe() -> Request {
+    Request::new("GET", "/").header("User-Agent", "kube-probe/1.30")
+}
+
+/// Where the DUT reads its channels from.
+enum Source {
+    File { name: String, contents: String },
+    Dir(Vec<(String, String)>),
+}
+
+/// Configures a DUT before it starts.
+pub struct DutBuilder {
+    driver: Driver,
+    source: Source,
+    args: Vec<String>,
+}
+
+impl DutBuilder {
+    /// `--channels <dir>/channels.yaml` holding these channels.
+    pub fn channels(self, channels: &[Channel]) -> DutBuilder {
+        self.channels_file("channels.yaml", &channels_yaml(channels))
+    }
+
+    /// `--channels <dir>/<name>` holding exactly `contents`.
+    pub fn channels_file(mut self, name: &str, contents: &str) -> DutBuilder {
+        self.source = Source::File {
+            name: name.to_string(),
+            contents: contents.to_string(),
+        };
+        self
+    }
+
+    /// `--channels <dir>/channels.d`, a directory holding these files.
+    pub fn channels_dir(mut self, files: &[(&str, &str)]) -> DutBuilder {
+        self.source = Source::Dir(
+            files
+                .iter()
+                .map(|(n, c)| (n.to_string(), c.to_string()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Extra command-line arguments, e.g. `["--max-body-bytes", "1000"]`.
+    pub fn args(mut self, args: &[&str]) -> DutBuilder {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Starts the DUT and waits until its kubelet probe answers 204.
+    #[track_caller]
+    pub fn start(self) -> Dut {
+        let dut = self.spawn();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let last = match Conn::try_open(dut.addr).and_then(|mut c| c.request(&kube_probe())) {
+                Ok(resp) if resp.status == 204 => return dut,
+                Ok(resp) => format!("{resp:?}"),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                panic!(
+                    "DUT not ready within {START_TIMEOUT:?}; last probe: {last}\nlogs:\n{}",
+                    dut.logs().join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the DUT and waits only until its ingress is bound, not until it is ready.
+    #[track_caller]
+    pub fn spawn(self) -> Dut {
+        let root = TempDir::new();
+        let source = root.0.join("src");
+        fs::create_dir_all(&source).expect("create source directory");
+        let channels = match &self.source {
+            Source::File { name, contents } => {
+                let path = source.join(name);
+                fs::write(&path, contents).expect("write channels file");
+                path
+            }
+            Source::Dir(files) => {
+                let dir = source.join("channels.d");
+                fs::create_dir_all(&dir).expect("create channels directory");
+                for (name, contents) in files {
+                    fs::write(dir.join(name), contents).expect("write channels file");
+                }
+                dir
+            }
+        };
+        let bin = binary();
+        let mut child = Command::new(&bin)
+            .arg("--channels")
+            .arg(&channels)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--workers", "2", "--io-driver", self.driver.as_arg()])
+            .args(["--log-format", "text"])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let logs = Arc::new(Logs::default());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let reader_logs = Arc::clone(&logs);
+        thread::spawn(move || read_logs(stderr, &reader_logs));
+        let mut dut = Dut {
+            child,
+            logs,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            channels,
+            root,
+        };
+        dut.addr = dut.wait_for_ingress();
+        dut
+    }
+}
+
+/// A running dispatcher process.
+pub struct Dut {
+    child: Child,
+    logs: Arc<Logs>,
+    addr: SocketAddr,
+    channels: PathBuf,
+    root: TempDir,
+}
+
+impl Dut {
+    pub fn builder(driver: Driver) -> DutBuilder {
+        DutBuilder {
+            driver,
+            source: Source::File {
+                name: "channels.yaml".to_string(),
+                contents: String::new(),
+            },
+            args: Vec::new(),
+        }
+    }
+
+    /// Starts a DUT serving `channels` (file `channels.yaml`) and waits until it is ready.
+    #[track_caller]
+    pub fn start(driver: Driver, channels: &[Channel]) -> Dut {
+        Dut::builder(driver).channels(channels).start()
+    }
+
+    /// The ingress address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    #[track_caller]
+    pub fn connect(&self) -> Conn {
+        Conn::open(self.addr)
+    }
+
+    /// Sends one request on a new connection and reads its response.
+    #[track_caller]
+    pub fn send(&self, req: &Request) -> Response {
+        self.connect().send(req)
+    }
+
+    /// The status the kubelet readiness probe gets now.
+    #[track_caller]
+    pub fn probe(&self) -> u16 {
+        self.send(&kube_probe()).status
+    }
+
+    /// Atomically replaces the channels file with these channels.
+    pub fn set_channels(&self, channels: &[Channel]) {
+        self.write_channels_raw(&channels_yaml(channels));
+    }
+
+    /// Atomically replaces the channels file with exactly `contents`.
+    pub fn write_channels_raw(&self, contents: &str) {
+        assert!(
+            self.channels.is_file(),
+            "write_channels_raw needs a file source"
+        );
+        self.replace(&self.channels, contents);
+    }
+
+    /// Atomically writes file `name` in the channels directory.
+    pub fn write_in_dir(&self, name: &str, contents: &str) {
+        assert!(
+            self.channels.is_dir(),
+            "write_in_dir needs a directory source"
+        );
+        self.replace(&self.channels.join(name), contents);
+    }
+
+    /// Writes a temporary file outside the watched paths, then renames it over `path`, so the
+    /// dispatcher never sees a half-written file.
+    fn replace(&self, path: &Path, contents: &str) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let tmp = self.root.0.join(format!(
+            "write-{}.tmp",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::write(&tmp, contents).expect("write temporary file");
+        fs::rename(&tmp, path).expect("rename over the channels file");
+    }
+
+    /// Every stderr line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lines.lock().unwrap().clone()
+    }
+
+    /// The number of log lines so far; pass it to [`Dut::wait_log`] to look only at later lines.
+    pub fn log_mark(&self) -> usize {
+        self.logs.lines.lock().unwrap().len()
+    }
+
+    /// Waits up to `timeout` for a log line, at index `since` or later, that satisfies `wanted`,
+    /// and returns it.
+    pub fn wait_log(
+        &self,
+        since: usize,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.logs.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().skip(since).find(|l| wanted(l)) {
+                return Some(line.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            lines = self.logs.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Panics, with the logs, if the process has exited.
+    #[track_caller]
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("query the DUT process") {
+            panic!(
+                "DUT exited with {status}\nlogs:\n{}",
+                self.logs().join("\n")
+            );
+        }
+    }
+
+    fn wait_for_ingress(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            {
+                let lines = self.logs.lines.lock().unwrap();
+                if let Some(addr) = lines.iter().find_map(|l| ingress_addr(l)) {
+                    return addr;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    let _ = self
+                        .logs
+                        .grew
+                        .wait_timeout(lines, left.min(Duration::from_millis(50)))
+                        .unwrap();
+                }
+            }
+            if let Some(status) = self.child.try_wait().expect("query the DUT process") {
+                panic!(
+                    "DUT exited with {status} before binding its ingress\nlogs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no `ingress listening ... addr=` line within {START_TIMEOUT:?}\nlogs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Dut {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            let logs = self.logs();
+            let tail = &logs[logs.len().saturating_sub(60)..];
+            eprintln!("--- DUT logs (last {} lines) ---", tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+fn read_logs(stderr: ChildStderr, logs: &Logs) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    // Ends at end of stream, i.e. when the process exits.
+    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        logs.lines.lock().unwrap().push(text);
+        logs.grew.notify_all();
+        line.clear();
+    }
+}
+
+/// The address in an `ingress listening ... addr=127.0.0.1:PORT` line.
+fn ingress_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("ingress listening") {
+        return None;
+    }
+    let rest = &line[line.find("addr=")? + "addr=".len()..];
+    let value = rest.split(|c: char| c.is_whitespace() || c == ',').next()?;
+    value.trim_matches('"').parse().ok()
+}
+
+/// `IMC_DISPATCHER_BIN`, else `imc-dispatcher` next to the test binary's `deps/` directory.
+fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("IMC_DISPATCHER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("imc-dispatcher"))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build -p imc-dispatcher` first (or set IMC_DISPATCHER_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "imc-e2e-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
