@@ -1,0 +1,110 @@
+//! The command line of the real binary: every flag documented with its environment variable,
+//! and start-up refusals that say what is wrong and exit 2. (Being an integration test of this
+//! package, it also makes `cargo test` build `imc-dispatcher`, which the e2e suite runs.)
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imc-dispatcher"));
+    cmd.args(args).env_remove("IMC_CHANNELS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("imc-dispatcher runs")
+}
+
+#[test]
+fn help_documents_every_flag_and_its_variable() {
+    let out = run(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, var) in [
+        ("--channels", "IMC_CHANNELS"),
+        ("--listen", "IMC_LISTEN"),
+        ("--metrics-listen", "IMC_METRICS_LISTEN"),
+        ("--workers", "IMC_WORKERS"),
+        ("--io-driver", "IMC_IO_DRIVER"),
+        ("--cluster-domain", "CLUSTER_DOMAIN"),
+        ("--max-body-bytes", "IMC_MAX_BODY_BYTES"),
+        ("--max-header-bytes", "IMC_MAX_HEADER_BYTES"),
+        ("--header-read-timeout", "IMC_HEADER_READ_TIMEOUT"),
+        ("--idle-timeout", "IMC_IDLE_TIMEOUT"),
+        ("--log-format", "IMC_LOG_FORMAT"),
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+        assert!(help.contains(var), "--help lacks {var}:\n{help}");
+    }
+}
+
+#[test]
+fn no_channel_source_is_refused_with_a_reason() {
+    let out = run(&["--listen", "127.0.0.1:0"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--channels"));
+}
+
+#[test]
+fn missing_channels_path_is_refused_with_the_path() {
+    let out = run(
+        &[
+            "--channels",
+            "/nonexistent/imc.yaml",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/imc.yaml"));
+}
+
+#[test]
+fn bad_flag_values_are_refused() {
+    let out = run(&["--io-driver", "kqueue"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["--idle-timeout", "soon"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("soon"));
+}
+
+#[test]
+fn upstream_deployment_variables_never_break_startup() {
+    // Upstream panics on MAX_IDLE_CONNS_PER_HOST=0; imc-rs must start with what its Deployment sets.
+    let dir = std::env::temp_dir().join(format!("imc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.yaml");
+    std::fs::write(&file, "kind: InMemoryChannel\nmetadata: {name: a}\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imc-dispatcher"))
+        .args([
+            "--channels",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .envs([
+            ("SYSTEM_NAMESPACE", "knative-eventing"),
+            ("POD_NAME", "imc-dispatcher-0"),
+            ("CONTAINER_NAME", "dispatcher"),
+            ("MAX_IDLE_CONNS", "0"),
+            ("MAX_IDLE_CONNS_PER_HOST", "nonsense"),
+            ("CONFIG_LOGGING_NAME", "config-logging"),
+            ("CONFIG_OBSERVABILITY_NAME", "config-observability"),
+            ("METRICS_DOMAIN", "knative.dev/inmemorychannel-dispatcher"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let applied = lines.any(|l| l.is_ok_and(|l| l.contains("channel set applied")));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        applied && still_running,
+        "start-up failed with upstream's environment"
+    );
+}
