@@ -140,6 +140,8 @@ pub struct Hub {
     installed: Box<[AtomicU64]>,
     /// D14: latched once the first set is installed on every worker.
     ready: AtomicBool,
+    /// D13: set once on SIGTERM; workers stop accepting and drain.
+    draining: AtomicBool,
 }
 
 impl Hub {
@@ -149,7 +151,16 @@ impl Hub {
             generation: AtomicU64::new(0),
             installed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Makes `set` the configuration every worker switches to between requests.

@@ -99,7 +99,8 @@ fn media_type(ct: &[u8]) -> &[u8] {
 }
 
 /// Writes the binary-mode event headers for an inbound request into `out` (each line ends with
-/// CRLF; the caller adds Content-Length and the blank line) and returns the body to deliver.
+/// CRLF; the caller adds Content-Length and the blank line). Returns the body to deliver and the
+/// length of the attribute lines (`Ce-*`, `Content-Type`), which the passthrough lines follow.
 ///
 /// `head` is the frozen request head the ranges point into; `body` the inbound body.
 pub fn write_binary_head(
@@ -108,7 +109,8 @@ pub fn write_binary_head(
     content_type: Option<&[u8]>,
     body: Bytes,
     out: &mut BytesMut,
-) -> Result<Bytes, CeError> {
+) -> Result<(Bytes, usize), CeError> {
+    let start = out.len();
     let mt = content_type.map(media_type).unwrap_or(b"");
     let data = if mt.eq_ignore_ascii_case(b"application/cloudevents+json") {
         write_structured(&body, out)?
@@ -118,8 +120,9 @@ pub fn write_binary_head(
         write_binary(head, headers, content_type, out)?;
         body
     };
+    let attrs_len = out.len() - start;
     write_passthrough(head, headers, out);
-    Ok(data)
+    Ok((data, attrs_len))
 }
 
 /// Headers that reach subscribers from the inbound request (contract §2.5), plus the W3C trace
@@ -772,7 +775,8 @@ mod tests {
         let body = Bytes::copy_from_slice(&raw[head.len..]);
         let mut out = BytesMut::new();
         let ct = head.content_type.clone().map(|r| &frozen[r]);
-        let data = write_binary_head(&frozen, &head.headers, ct, body, &mut out)?;
+        let (data, attrs_len) = write_binary_head(&frozen, &head.headers, ct, body, &mut out)?;
+        assert!(attrs_len <= out.len());
         Ok((String::from_utf8(out.to_vec()).unwrap(), data))
     }
 

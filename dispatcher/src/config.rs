@@ -97,6 +97,29 @@ pub struct Args {
     #[arg(long, env = "MAX_IDLE_CONNS_PER_HOST", default_value = "1000", value_parser = lenient_count, value_name = "N")]
     pub max_idle_conns_per_host: usize,
 
+    /// Subscriber deliveries in flight per worker, sync and async; past it the ingress answers
+    /// 503 with `Retry-After: 1` (D11).
+    #[arg(
+        long,
+        env = "IMC_MAX_INFLIGHT_DELIVERIES",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub max_inflight_deliveries: usize,
+
+    /// Open client connections per worker; past it new connections are closed at once.
+    #[arg(
+        long,
+        env = "IMC_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+
+    /// On SIGTERM, time to finish every accepted event before exiting (D13).
+    #[arg(long, env = "IMC_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration, value_name = "DUR")]
+    pub shutdown_grace: Duration,
+
     /// Log format: `text` for people, `json` for log pipelines (one object per line).
     #[arg(long, env = "IMC_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -1,106 +1,209 @@
-//! One event to every subscriber of a channel, concurrently (contract §3.1, §3.6).
+//! One event to every subscriber of a channel, concurrently (contract §3.1, §3.6), each through
+//! its whole chain: the subscriber with its retry policy, then the reply to `replyUri`, then on
+//! failure the dead-letter sink (§3.5, §3.7).
 //!
 //! Budget: never copies the body or the event head: every subscriber's request is the shared
 //! head and body behind its own prefix. With one subscriber nothing is allocated; with more, one
 //! vector of futures per event. Timers (retry backoff, per-attempt timeout) live on the worker's
 //! runtime: a waiting retry costs no thread and no copy.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use crate::delivery::Failure;
-use crate::pool::Pool;
-use crate::routing::{Channel, Subscriber};
-use crate::worker::Throttle;
+use crate::delivery::{
+    dead_letter_extra, parse_retry_after, reply_request, DeliveryPolicy, Failure,
+};
+use crate::http::response_header;
+use crate::pool::{Pool, Response};
+use crate::routing::{Channel, Dest, Subscriber};
+use crate::worker::Worker;
 
 /// Upstream's fan-out watchdog: a sync ingress request never waits longer than this.
 pub const WATCHDOG: Duration = Duration::from_secs(15 * 60);
 
+/// An accepted event in binary mode: one head shared by every subscriber, in three segments
+/// (attributes, inbound passthrough headers, Content-Length), and the body.
+#[derive(Clone, Debug)]
+pub struct OutEvent {
+    pub head: Bytes,
+    pub attrs_end: usize,
+    pub pass_end: usize,
+    pub body: Bytes,
+}
+
+impl OutEvent {
+    /// The `Ce-*` and `Content-Type` lines: what a dead-letter request repeats.
+    fn attrs(&self) -> Bytes {
+        self.head.slice(..self.attrs_end)
+    }
+
+    /// The inbound passthrough headers (trace context included).
+    fn passthrough(&self) -> &[u8] {
+        &self.head[self.attrs_end..self.pass_end]
+    }
+}
+
 /// Delivers to every subscriber; true when every subscriber's chain succeeded (zero subscribers
 /// succeed). Subscribers that succeeded are not undone when another fails (upstream: the sender
 /// retries, and they get duplicates).
-pub async fn fan_out(
-    pool: &Pool,
-    chan: &Channel,
-    head: &Bytes,
-    body: &Bytes,
-    log: &Throttle,
-) -> bool {
-    let run = async {
-        match &*chan.subscribers {
-            [] => true,
-            [one] => deliver(pool, chan, one, head, body, log).await,
-            many => join_all(many.iter().map(|s| deliver(pool, chan, s, head, body, log)))
-                .await
-                .into_iter()
-                .all(|ok| ok),
-        }
-    };
-    monoio::time::timeout(WATCHDOG, run).await.unwrap_or(false)
+pub async fn fan_out(w: &Worker, chan: &Channel, ev: &OutEvent) -> bool {
+    match &*chan.subscribers {
+        [] => true,
+        [one] => chain(w, chan, one, ev).await,
+        many => join_all(many.iter().map(|s| chain(w, chan, s, ev)))
+            .await
+            .into_iter()
+            .all(|ok| ok),
+    }
 }
 
-async fn deliver(
-    pool: &Pool,
+/// Subscriber, then reply, then dead-letter sink. True when the chain ended in success.
+async fn chain(w: &Worker, chan: &Channel, sub: &Subscriber, ev: &OutEvent) -> bool {
+    let Some(dest) = &sub.target else {
+        // Neither subscriberUri nor replyUri: upstream fails at once, without the DLS.
+        w.log_failure(chan, sub, "", &Failure::NoDestination, None);
+        return false;
+    };
+    let failure = match attempts(&w.pool, dest, sub.policy, &ev.head, &Bytes::new(), &ev.body).await
+    {
+        Ok(resp) => {
+            let Some(reply) = &sub.reply else {
+                return true; // a reply without replyUri is dropped
+            };
+            let Some((head, pass)) = reply_request(&resp.head, resp.body.len(), ev.passthrough())
+            else {
+                return true; // not an event
+            };
+            // The reply's own response is ignored, even if it is an event: one level only.
+            return match attempts(&w.pool, reply, sub.policy, &head, &Bytes::new(), &resp.body)
+                .await
+            {
+                Ok(_) => true,
+                Err(f) => dead_letter(w, chan, sub, ev, reply, f, &pass).await,
+            };
+        }
+        Err(f) => f,
+    };
+    dead_letter(w, chan, sub, ev, dest, failure, ev.passthrough()).await
+}
+
+/// Sends the original event with the error extensions of `failure` at `failed` to the
+/// subscriber's dead-letter sink. True when the sink took it (the subscriber then counts as
+/// delivered).
+async fn dead_letter(
+    w: &Worker,
     chan: &Channel,
     sub: &Subscriber,
-    head: &Bytes,
-    body: &Bytes,
-    log: &Throttle,
+    ev: &OutEvent,
+    failed: &Dest,
+    failure: Failure,
+    passthrough: &[u8],
 ) -> bool {
-    match attempt_all(pool, sub, head, body).await {
-        Ok(()) => true,
-        Err(failure) => {
-            if let Some(suppressed) = log.allow() {
-                tracing::warn!(
-                    channel = %format_args!("{}/{}", chan.namespace, chan.name),
-                    subscriber = %sub.uid,
-                    url = sub.target.as_ref().map_or("", |d| &*d.url),
-                    error = %failure,
-                    suppressed,
-                    "delivery failed"
-                );
-            }
+    let Some(dls) = &sub.dead_letter else {
+        w.log_failure(chan, sub, &failed.url, &failure, None);
+        return false;
+    };
+    let extra = dead_letter_extra(
+        &ev.head[..ev.attrs_end],
+        &failed.url,
+        &failure,
+        passthrough,
+        ev.body.len(),
+    );
+    match attempts(&w.pool, dls, sub.policy, &ev.attrs(), &extra, &ev.body).await {
+        Ok(_) => {
+            tracing::debug!(url = &*failed.url, error = %failure, dead_letter = &*dls.url, "dead-lettered");
+            true
+        }
+        Err(dls_failure) => {
+            w.log_failure(
+                chan,
+                sub,
+                &failed.url,
+                &failure,
+                Some((&dls.url, &dls_failure)),
+            );
             false
         }
     }
 }
 
-/// The subscriber call with its retry policy: `retry + 1` attempts at most, the zero-based
-/// backoff between them, each attempt bounded by the policy's timeout. No policy: one attempt.
-async fn attempt_all(
+/// One call with its retry policy: `retry + 1` attempts at most, the zero-based backoff (or a
+/// longer Retry-After where allowed) between them, each attempt bounded by the policy's timeout.
+/// No policy: one attempt, no timeout.
+async fn attempts(
     pool: &Pool,
-    sub: &Subscriber,
+    dest: &Dest,
+    policy: Option<DeliveryPolicy>,
     head: &Bytes,
+    extra: &Bytes,
     body: &Bytes,
-) -> Result<(), Failure> {
-    let dest = sub.target.as_ref().ok_or(Failure::NoDestination)?;
-    let policy = sub.policy;
-    let attempts = policy.map_or(1, |p| p.retry.saturating_add(1));
+) -> Result<Response, Failure> {
+    let tries = policy.map_or(1, |p| p.retry.saturating_add(1));
     let mut k = 0;
     loop {
         let result = match policy.and_then(|p| p.timeout) {
-            Some(t) => monoio::time::timeout(t, pool.send(dest, head, body))
+            Some(t) => monoio::time::timeout(t, pool.send(dest, head, extra, body))
                 .await
                 .unwrap_or(Err(Failure::Timeout)),
-            None => pool.send(dest, head, body).await,
+            None => pool.send(dest, head, extra, body).await,
         };
         let failure = match result {
-            Ok(resp) if (200..300).contains(&resp.status) => return Ok(()),
-            Ok(resp) => Failure::Status(resp.status),
+            Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp),
+            Ok(resp) => classify(resp, policy),
             Err(f) => f,
         };
         k += 1;
-        if k >= attempts || !failure.retryable() {
+        if k >= tries || !failure.retryable() {
             return Err(failure);
         }
         tracing::debug!(url = &*dest.url, attempt = k, error = %failure, "attempt failed; retrying");
         if let Some(p) = policy {
-            let delay = p.delay(k);
+            let delay = p.delay_after(k, &failure);
             if !delay.is_zero() {
                 monoio::time::sleep(delay).await;
             }
+        }
+    }
+}
+
+/// A non-2xx response as a failure; Retry-After is read only where it can matter.
+fn classify(resp: Response, policy: Option<DeliveryPolicy>) -> Failure {
+    let retry_after = match (resp.status, policy.and_then(|p| p.retry_after_max)) {
+        (429 | 503, Some(_)) => response_header(&resp.head, "retry-after")
+            .and_then(|v| parse_retry_after(v, SystemTime::now())),
+        _ => None,
+    };
+    Failure::Status {
+        code: resp.status,
+        body: resp.body,
+        retry_after,
+    }
+}
+
+impl Worker {
+    /// Logs a subscriber chain that failed, at most once a second per worker.
+    fn log_failure(
+        &self,
+        chan: &Channel,
+        sub: &Subscriber,
+        url: &str,
+        failure: &Failure,
+        dead_letter: Option<(&str, &Failure)>,
+    ) {
+        if let Some(suppressed) = self.delivery_log.allow() {
+            tracing::warn!(
+                channel = %format_args!("{}/{}", chan.namespace, chan.name),
+                subscriber = %sub.uid,
+                url,
+                error = %failure,
+                dead_letter = dead_letter.map(|(u, _)| u),
+                dead_letter_error = dead_letter.map(|(_, f)| f.to_string()),
+                suppressed,
+                "delivery failed"
+            );
         }
     }
 }

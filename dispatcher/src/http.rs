@@ -477,6 +477,11 @@ pub mod answer {
     pub const NETWORK_PROBE_NO_HASH: &[u8] =
         b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
     pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    /// D11: more deliveries in flight on this worker than `--max-inflight-deliveries`.
+    pub const OVERLOADED: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+    /// Probes while draining (D13), as upstream's drainer answers them.
+    pub const SHUTTING_DOWN: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nshutting down";
     // Answers after which the connection is closed.
     pub const MALFORMED: &[u8] =
         b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";

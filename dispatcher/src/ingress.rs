@@ -6,17 +6,21 @@
 //! blocks the core. Everything a client sends is bounded: head size and count (D4, 431), body size
 //! (D3, 413), time to send a head and idle time (D5); anything malformed gets 400 and a close.
 
+use std::future::Future;
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::cloudevent::write_binary_head;
 use crate::config::Limits;
-use crate::fanout::fan_out;
+use crate::delivery::put_content_length;
+use crate::fanout::{fan_out, OutEvent, WATCHDOG};
 use crate::http::{
     answer, parse_request, ChunkError, ChunkedDecoder, HeadError, Method, Probe, RequestHead,
 };
@@ -25,6 +29,9 @@ use crate::worker::Worker;
 
 /// Initial and minimum read size of a client connection; grows to fit larger requests.
 const READ_CHUNK: usize = 8 << 10;
+/// A sync fan-out that takes longer than this starts watching the client for a disconnect.
+/// Faster ones (nearly all) never pay for the extra read.
+const WATCH_AFTER: Duration = Duration::from_millis(100);
 
 /// Why reading stopped before a request was complete.
 enum ReadStop {
@@ -39,6 +46,8 @@ struct Connection {
     buf: BytesMut,
     head: RequestHead,
     limits: Limits,
+    /// The client closed its side while its event was being delivered: answer, then close.
+    peer_closed: bool,
     /// Scratch for the rare answers built at run time; reused.
     out: Vec<u8>,
 }
@@ -51,9 +60,11 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         buf: BytesMut::with_capacity(READ_CHUNK),
         head: RequestHead::new(),
         limits: worker.limits,
+        peer_closed: false,
         out: Vec::new(),
     };
     while conn.serve_one(&worker).await {}
+    worker.conns.set(worker.conns.get() - 1);
 }
 
 impl Connection {
@@ -87,6 +98,7 @@ impl Connection {
 
     /// Writes a fixed answer, adding the `Connection` header the client needs to see.
     async fn answer(&mut self, bytes: &'static [u8], keep_alive: bool) -> bool {
+        let keep_alive = keep_alive && !self.peer_closed;
         let http10 = self.head.http10;
         if keep_alive && !http10 {
             return self.write(bytes).await;
@@ -158,7 +170,10 @@ impl Connection {
             }
         }
         let head = self.buf.split_to(self.head.len).freeze();
-        let keep_alive = self.head.keep_alive;
+        // D13: a request that has started is finished before a draining worker exits; while
+        // draining, connections close after their answer.
+        let _active = w.active_request();
+        let keep_alive = self.head.keep_alive && !w.draining.get();
 
         // 2. What the request is: a probe, a bad path, an unknown channel, or an event.
         let channel = match self.head.probe.clone() {
@@ -215,6 +230,15 @@ impl Connection {
             }
         }
 
+        // D11: past the bound on deliveries in flight, refuse at once, before reading the body.
+        let fan = channel.subscribers.len();
+        if w.overloaded(fan) {
+            w.overload();
+            return self
+                .finish_without_body(answer::OVERLOADED, keep_alive)
+                .await;
+        }
+
         // 3. The body, zero-copy for Content-Length, reassembled for chunked (D3 bounds both).
         if self
             .head
@@ -250,11 +274,15 @@ impl Connection {
                 eh.reserve(64 << 10);
             }
             match write_binary_head(&head, &self.head.headers, content_type, body, &mut eh) {
-                Ok(data) => {
-                    eh.put_slice(b"Content-Length: ");
-                    eh.put_slice(itoa::Buffer::new().format(data.len()).as_bytes());
-                    eh.put_slice(b"\r\n\r\n");
-                    Ok((eh.split().freeze(), data))
+                Ok((data, attrs_end)) => {
+                    let pass_end = eh.len();
+                    put_content_length(&mut eh, data.len());
+                    Ok(OutEvent {
+                        head: eh.split().freeze(),
+                        attrs_end,
+                        pass_end,
+                        body: data,
+                    })
                 }
                 Err(e) => {
                     eh.clear();
@@ -262,7 +290,7 @@ impl Connection {
                 }
             }
         };
-        let (event_head, data) = match event_head {
+        let event = match event_head {
             Ok(v) => v,
             Err(e) => {
                 w.bad_request(&e.to_string(), Some(&channel));
@@ -270,15 +298,95 @@ impl Connection {
             }
         };
         drop(head);
+        let Some(slot) = w.reserve(fan) else {
+            w.overload();
+            return self.answer(answer::OVERLOADED, keep_alive).await;
+        };
 
-        // 5. Deliver, then answer: 202 once every subscriber succeeded, 500 otherwise.
-        let ok = fan_out(&w.pool, &channel, &event_head, &data, &w.delivery_log).await;
-        drop((event_head, data));
-        self.answer(
-            if ok { answer::ACCEPTED } else { answer::FAILED },
-            keep_alive,
-        )
-        .await
+        // 5a. Async channels (D9: the annotation is re-read on every update): 202 now, delivery
+        //     in the background, bounded by the same in-flight slots (D11).
+        if channel.async_handler {
+            let (bw, chan) = (w.clone(), channel.clone());
+            monoio::spawn(async move {
+                let _slot = slot;
+                let _ = monoio::time::timeout(WATCHDOG, fan_out(&bw, &chan, &event)).await;
+            });
+            return self.answer(answer::ACCEPTED, keep_alive).await;
+        }
+
+        // 5b. Sync: deliver, then answer 202 once every subscriber chain succeeded, 500 otherwise.
+        let ok = self.deliver_watching(fan_out(w, &channel, &event)).await;
+        drop((slot, event));
+        match ok {
+            Some(ok) => {
+                let bytes = if ok { answer::ACCEPTED } else { answer::FAILED };
+                self.answer(bytes, keep_alive).await
+            }
+            // The client is gone: its deliveries were cancelled with the fan-out (upstream
+            // cancels with the request context); nobody is left to answer.
+            None => false,
+        }
+    }
+
+    /// Awaits a sync fan-out. If it outlasts `WATCH_AFTER`, the client's socket is watched too:
+    /// a client that disconnects cancels the fan-out and every delivery in it (contract §2.6);
+    /// bytes it pipelines meanwhile are kept for the next request. `None`: the client is gone.
+    async fn deliver_watching(&mut self, fan: impl Future<Output = bool>) -> Option<bool> {
+        let mut fan = pin!(fan);
+        if let Ok(ok) = monoio::time::timeout(WATCH_AFTER, fan.as_mut()).await {
+            return Some(ok);
+        }
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let canceller = Canceller::new();
+        let mut read = pin!(self
+            .stream
+            .cancelable_read(buf.slice_mut(len..), canceller.handle()));
+        let mut watchdog = pin!(monoio::time::sleep(WATCHDOG.saturating_sub(WATCH_AFTER)));
+        enum First<R> {
+            Delivered(bool),
+            Client(R),
+            Watchdog,
+        }
+        let first = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ok) = fan.as_mut().poll(cx) {
+                return Poll::Ready(First::Delivered(ok));
+            }
+            if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                return Poll::Ready(First::Client(r));
+            }
+            if watchdog.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(First::Watchdog);
+            }
+            Poll::Pending
+        })
+        .await;
+        let outcome = match first {
+            First::Client((res, slice)) => {
+                self.buf = slice.into_inner();
+                return match res {
+                    // Pipelined bytes, not a disconnect: keep them, wait for the fan-out alone.
+                    Ok(n) if n > 0 => {
+                        Some(monoio::time::timeout(WATCHDOG, fan).await.unwrap_or(false))
+                    }
+                    _ => None,
+                };
+            }
+            First::Delivered(ok) => ok,
+            First::Watchdog => false,
+        };
+        // The watch read is still pending: cancel it and take the buffer back (with any bytes
+        // that arrived in the meantime).
+        let _ = canceller.cancel();
+        let (res, slice) = read.await;
+        self.buf = slice.into_inner();
+        if matches!(res, Ok(0)) {
+            self.peer_closed = true;
+        }
+        Some(outcome)
     }
 
     /// Answers a request whose body is not needed. A body already on its way is read and

@@ -61,6 +61,10 @@ fn main() -> ExitCode {
     tracing::info!(%addr, workers, driver = driver.name(), version = env!("CARGO_PKG_VERSION"), "ingress listening");
 
     let hub = Arc::new(Hub::new(workers));
+    if let Err(e) = spawn_signal_thread(hub.clone()) {
+        tracing::error!(error = %e, "cannot install signal handlers");
+        return ExitCode::from(1);
+    }
     let source = FileSource::new(
         path,
         args.cluster_domain.clone(),
@@ -87,6 +91,9 @@ fn main() -> ExitCode {
             hub: hub.clone(),
             limits,
             max_idle_per_host: args.max_idle_conns_per_host,
+            max_inflight: args.max_inflight_deliveries,
+            max_conns: args.max_connections,
+            shutdown_grace: args.shutdown_grace,
             blocking: blocking.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -100,18 +107,52 @@ fn main() -> ExitCode {
             }
         }
     }
+    let mut abandoned = 0;
+    let mut failed = false;
     for (id, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(())) => {}
+            Ok(Ok(n)) => abandoned += n,
             Ok(Err(e)) => {
                 tracing::error!(worker = id, error = %e, "worker stopped");
-                return ExitCode::from(1);
+                failed = true;
             }
             Err(_) => {
                 tracing::error!(worker = id, "worker panicked");
-                return ExitCode::from(1);
+                failed = true;
             }
         }
     }
+    if abandoned > 0 {
+        tracing::error!(abandoned, grace = ?args.shutdown_grace, "grace period over; requests and deliveries abandoned");
+        return ExitCode::from(1);
+    }
+    if failed {
+        return ExitCode::from(1);
+    }
+    tracing::info!("drained; every accepted event was finished");
     ExitCode::SUCCESS
+}
+
+/// D13: SIGTERM (or SIGINT) starts the drain; a second one ends the process at once.
+fn spawn_signal_thread(hub: Arc<Hub>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("imc-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    tracing::warn!(signal = sig, "second signal; exiting without draining");
+                    std::process::exit(1);
+                }
+                tracing::info!(
+                    signal = sig,
+                    "draining: no new connections, finishing accepted events"
+                );
+                hub.start_drain();
+            }
+        })?;
+    Ok(())
 }

@@ -4,7 +4,9 @@
 //! Budget: never copies the body (a request is one vectored write of three shared `Bytes`: the
 //! target's prefix, the event head, the body), never blocks the core (DNS runs on a small blocking
 //! pool and is cached), and allocates nothing per request once connections are warm: each
-//! connection keeps its read buffer and its iovec array.
+//! connection keeps its read buffer and its iovec array. A request is the target's prefix, the
+//! event head (for a dead-letter request: the attributes and then the error extensions), and the
+//! body, written with one `writev`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -51,7 +53,7 @@ impl Conn {
         Conn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            iov: Vec::with_capacity(3),
+            iov: Vec::with_capacity(4),
             idle_since: Instant::now(),
         }
     }
@@ -71,14 +73,14 @@ impl Conn {
     }
 }
 
-/// The three parts of an outgoing request, written with one `writev`.
+/// The parts of an outgoing request, written with one `writev`; empty parts are skipped.
 struct Frame {
-    parts: [Bytes; 3],
+    parts: [Bytes; 4],
     iov: Vec<libc::iovec>,
 }
 
 impl Frame {
-    fn new(iov: Vec<libc::iovec>, parts: [Bytes; 3]) -> Frame {
+    fn new(iov: Vec<libc::iovec>, parts: [Bytes; 4]) -> Frame {
         let mut f = Frame { parts, iov };
         f.refresh();
         f
@@ -161,8 +163,15 @@ impl Pool {
         }
     }
 
-    /// Sends `POST` with the event head and body to `dest` and reads the whole response.
-    pub async fn send(&self, dest: &Dest, head: &Bytes, body: &Bytes) -> Result<Response, Failure> {
+    /// Sends `POST` to `dest` (its prefix, then `head`, `extra` and `body`) and reads the whole
+    /// response.
+    pub async fn send(
+        &self,
+        dest: &Dest,
+        head: &Bytes,
+        extra: &Bytes,
+        body: &Bytes,
+    ) -> Result<Response, Failure> {
         if dest.tls {
             return Err(Failure::Transport(format!(
                 "{}: https targets need TLS, which this build does not include",
@@ -170,7 +179,7 @@ impl Pool {
             )));
         }
         if let Some(mut conn) = self.take(&dest.key) {
-            match self.exchange(&mut conn, dest, head, body).await {
+            match self.exchange(&mut conn, dest, [head, extra, body]).await {
                 Ok((resp, keep)) => {
                     if keep {
                         self.put(dest, conn);
@@ -182,7 +191,7 @@ impl Pool {
             }
         }
         let mut conn = self.connect(dest).await?;
-        match self.exchange(&mut conn, dest, head, body).await {
+        match self.exchange(&mut conn, dest, [head, extra, body]).await {
             Ok((resp, keep)) => {
                 if keep {
                     self.put(dest, conn);
@@ -282,13 +291,17 @@ impl Pool {
         &self,
         conn: &mut Conn,
         dest: &Dest,
-        head: &Bytes,
-        body: &Bytes,
+        [head, extra, body]: [&Bytes; 3],
     ) -> Result<(Response, bool), ExchangeError> {
-        // Three reference-count increments, no copy: the same body goes to every subscriber.
+        // Reference-count increments, no copy: the same body goes to every subscriber.
         let mut frame = Frame::new(
             std::mem::take(&mut conn.iov),
-            [dest.prefix.clone(), head.clone(), body.clone()],
+            [
+                dest.prefix.clone(),
+                head.clone(),
+                extra.clone(),
+                body.clone(),
+            ],
         );
         while !frame.is_empty() {
             let (res, f) = conn.stream.writev(frame).await;

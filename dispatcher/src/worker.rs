@@ -3,10 +3,12 @@
 //! [`Hub`], read between requests.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -85,6 +87,17 @@ pub struct Worker {
     pub hub: Arc<Hub>,
     pub limits: Limits,
     pub pool: Pool,
+    /// D13: set by the ticker once the process drains; connections then close after answering.
+    pub draining: Cell<bool>,
+    /// D11: subscriber deliveries in flight on this worker (sync and async), and the bound.
+    inflight: Cell<usize>,
+    max_inflight: usize,
+    /// Requests between a parsed head and a written answer: a draining worker waits for them.
+    active: Cell<usize>,
+    /// Open client connections, and the bound (`--max-connections`).
+    pub conns: Cell<usize>,
+    max_conns: usize,
+    overload_log: Throttle,
     table: RefCell<Rc<Table>>,
     generation: Cell<u64>,
     /// Event heads are written here and split off; the allocation is reused once they are gone.
@@ -93,7 +106,66 @@ pub struct Worker {
     pub delivery_log: Throttle,
 }
 
+/// Deliveries held in flight; released when dropped (also when a cancelled fan-out is dropped).
+pub struct Slot {
+    worker: Rc<Worker>,
+    n: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.worker
+            .inflight
+            .set(self.worker.inflight.get() - self.n);
+    }
+}
+
+/// A request being served, counted while it lives.
+pub struct Active<'a>(&'a Cell<usize>);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 impl Worker {
+    /// D11: whether `n` more deliveries would pass the bound.
+    #[inline]
+    pub fn overloaded(&self, n: usize) -> bool {
+        n > 0 && self.inflight.get() + n > self.max_inflight
+    }
+
+    /// Takes `n` in-flight slots, or `None` past the bound.
+    pub fn reserve(self: &Rc<Self>, n: usize) -> Option<Slot> {
+        if self.overloaded(n) {
+            return None;
+        }
+        self.inflight.set(self.inflight.get() + n);
+        Some(Slot {
+            worker: self.clone(),
+            n,
+        })
+    }
+
+    /// Logs a refusal for overload, at most once a second.
+    pub fn overload(&self) {
+        if let Some(suppressed) = self.overload_log.allow() {
+            tracing::warn!(
+                worker = self.id,
+                inflight = self.inflight.get(),
+                bound = self.max_inflight,
+                suppressed,
+                "deliveries in flight at the bound; answering 503 (D11)"
+            );
+        }
+    }
+
+    pub fn active_request(&self) -> Active<'_> {
+        self.active.set(self.active.get() + 1);
+        Active(&self.active)
+    }
+
     /// The current table, switching to a newly published set first. In-flight requests keep the
     /// table they started with (they hold their channel's `Rc`).
     #[inline]
@@ -103,6 +175,9 @@ impl Worker {
     }
 
     fn refresh(&self) {
+        if !self.draining.get() && self.hub.is_draining() {
+            self.draining.set(true);
+        }
         let g = self.hub.generation();
         if g == self.generation.get() {
             return;
@@ -129,11 +204,15 @@ pub struct WorkerSpec {
     pub hub: Arc<Hub>,
     pub limits: Limits,
     pub max_idle_per_host: usize,
+    pub max_inflight: usize,
+    pub max_conns: usize,
+    pub shutdown_grace: Duration,
     pub blocking: DefaultThreadPool,
 }
 
-/// Runs one worker on the calling thread until the process ends.
-pub fn run(spec: WorkerSpec) -> io::Result<()> {
+/// Runs one worker on the calling thread until the process drains. Returns how many requests
+/// and deliveries were still in progress when the grace period ended (0 after a clean drain).
+pub fn run(spec: WorkerSpec) -> io::Result<usize> {
     let blocking = Box::new(spec.blocking.clone());
     match spec.driver {
         Driver::IoUring => {
@@ -166,12 +245,19 @@ pub fn run(spec: WorkerSpec) -> io::Result<()> {
     }
 }
 
-async fn main_loop(spec: WorkerSpec) -> io::Result<()> {
+async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
     let listener = TcpListener::from_std(spec.listener)?;
     let worker = Rc::new(Worker {
         id: spec.id,
         hub: spec.hub,
         limits: spec.limits,
+        draining: Cell::new(false),
+        inflight: Cell::new(0),
+        max_inflight: spec.max_inflight.max(1),
+        active: Cell::new(0),
+        conns: Cell::new(0),
+        max_conns: spec.max_conns.max(1),
+        overload_log: Throttle::default(),
         // Replies can be as large as events: the same limit bounds what is kept of a response.
         pool: Pool::new(spec.max_idle_per_host, spec.limits.max_body),
         table: RefCell::new(Rc::new(Table::default())),
@@ -187,15 +273,69 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<()> {
             monoio::time::sleep(TICK).await;
         }
     });
+    {
+        let accepting = accept_loop(&worker, &listener);
+        let drain = async {
+            while !worker.draining.get() {
+                monoio::time::sleep(TICK).await;
+            }
+        };
+        let (mut accepting, mut drain) = (std::pin::pin!(accepting), std::pin::pin!(drain));
+        std::future::poll_fn(|cx| {
+            if drain.as_mut().poll(cx).is_ready() || accepting.as_mut().poll(cx).is_ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+    // D13: stop accepting (once every worker has closed its listener the port refuses
+    // connections), finish what was accepted, then let idle connections go with the runtime.
+    drop(listener);
+    let deadline = Instant::now() + spec.shutdown_grace;
+    tracing::info!(
+        worker = spec.id,
+        requests = worker.active.get(),
+        deliveries = worker.inflight.get(),
+        "draining"
+    );
+    loop {
+        let (active, inflight) = (worker.active.get(), worker.inflight.get());
+        if active == 0 && inflight == 0 {
+            return Ok(0);
+        }
+        if Instant::now() >= deadline {
+            return Ok(active.max(inflight));
+        }
+        monoio::time::sleep(TICK).await;
+    }
+}
+
+async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
     let accept_log = Throttle::default();
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                if worker.conns.get() >= worker.max_conns {
+                    // Past the bound the connection is closed at once; existing ones go on.
+                    if let Some(suppressed) = accept_log.allow() {
+                        tracing::warn!(
+                            worker = worker.id,
+                            bound = worker.max_conns,
+                            suppressed,
+                            "connections at the bound; closing a new one"
+                        );
+                    }
+                    drop(stream);
+                    continue;
+                }
+                worker.conns.set(worker.conns.get() + 1);
                 monoio::spawn(crate::ingress::serve(worker.clone(), stream));
             }
             Err(e) => {
                 if let Some(suppressed) = accept_log.allow() {
-                    tracing::warn!(worker = spec.id, error = %e, suppressed, "accept failed");
+                    tracing::warn!(worker = worker.id, error = %e, suppressed, "accept failed");
                 }
                 // Out of descriptors or memory: back off instead of spinning.
                 monoio::time::sleep(Duration::from_millis(10)).await;
