@@ -142,6 +142,9 @@ pub struct Hub {
     ready: AtomicBool,
     /// D13: set once on SIGTERM; workers stop accepting and drain.
     draining: AtomicBool,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    last_reload_ok: AtomicBool,
 }
 
 impl Hub {
@@ -152,7 +155,32 @@ impl Hub {
             installed: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_ok: AtomicBool::new(false),
         }
+    }
+
+    /// Records the result of a read of the channel source that changed something.
+    pub fn record_reload(&self, ok: bool) {
+        let c = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        self.last_reload_ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn last_reload_ok(&self) -> bool {
+        self.last_reload_ok.load(Ordering::Relaxed)
     }
 
     pub fn start_drain(&self) {

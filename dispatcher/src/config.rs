@@ -120,6 +120,10 @@ pub struct Args {
     #[arg(long, env = "IMC_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration, value_name = "DUR")]
     pub shutdown_grace: Duration,
 
+    /// Record no metrics (the endpoint still serves health, readiness and process gauges).
+    #[arg(long, env = "IMC_NO_METRICS")]
+    pub no_metrics: bool,
+
     /// Log format: `text` for people, `json` for log pipelines (one object per line).
     #[arg(long, env = "IMC_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

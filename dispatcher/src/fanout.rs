@@ -7,7 +7,7 @@
 //! vector of futures per event. Timers (retry backoff, per-attempt timeout) live on the worker's
 //! runtime: a waiting retry costs no thread and no copy.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -16,7 +16,8 @@ use crate::delivery::{
     dead_letter_extra, parse_retry_after, reply_request, DeliveryPolicy, Failure,
 };
 use crate::http::response_header;
-use crate::pool::{Pool, Response};
+use crate::metrics::{AttemptEnd, Outcome};
+use crate::pool::Response;
 use crate::routing::{Channel, Dest, Subscriber};
 use crate::worker::Worker;
 
@@ -61,26 +62,43 @@ pub async fn fan_out(w: &Worker, chan: &Channel, ev: &OutEvent) -> bool {
 
 /// Subscriber, then reply, then dead-letter sink. True when the chain ended in success.
 async fn chain(w: &Worker, chan: &Channel, sub: &Subscriber, ev: &OutEvent) -> bool {
+    let start = w.metrics.enabled.then(Instant::now);
+    let (ok, status, outcome) = chain_steps(w, chan, sub, ev).await;
+    if let Some(t) = start {
+        let names = chan.names(sub);
+        sub.series
+            .dispatched(&w.metrics, &names, status, t.elapsed());
+        sub.series.outcome(&w.metrics, &names, outcome);
+    }
+    ok
+}
+
+/// The chain itself: whether it succeeded, the status of its last call (upstream's dispatch
+/// metric label; 0 without a destination), and its outcome.
+async fn chain_steps(
+    w: &Worker,
+    chan: &Channel,
+    sub: &Subscriber,
+    ev: &OutEvent,
+) -> (bool, u16, Outcome) {
     let Some(dest) = &sub.target else {
         // Neither subscriberUri nor replyUri: upstream fails at once, without the DLS.
         w.log_failure(chan, sub, "", &Failure::NoDestination, None);
-        return false;
+        return (false, 0, Outcome::Failed);
     };
-    let failure = match attempts(&w.pool, dest, sub.policy, &ev.head, &Bytes::new(), &ev.body).await
-    {
+    let failure = match attempts(w, chan, sub, dest, &ev.head, &Bytes::new(), &ev.body).await {
         Ok(resp) => {
+            let done = (true, resp.status, Outcome::Delivered);
             let Some(reply) = &sub.reply else {
-                return true; // a reply without replyUri is dropped
+                return done; // a reply without replyUri is dropped
             };
             let Some((head, pass)) = reply_request(&resp.head, resp.body.len(), ev.passthrough())
             else {
-                return true; // not an event
+                return done; // not an event
             };
             // The reply's own response is ignored, even if it is an event: one level only.
-            return match attempts(&w.pool, reply, sub.policy, &head, &Bytes::new(), &resp.body)
-                .await
-            {
-                Ok(_) => true,
+            return match attempts(w, chan, sub, reply, &head, &Bytes::new(), &resp.body).await {
+                Ok(r) => (true, r.status, Outcome::Delivered),
                 Err(f) => dead_letter(w, chan, sub, ev, reply, f, &pass).await,
             };
         }
@@ -90,8 +108,7 @@ async fn chain(w: &Worker, chan: &Channel, sub: &Subscriber, ev: &OutEvent) -> b
 }
 
 /// Sends the original event with the error extensions of `failure` at `failed` to the
-/// subscriber's dead-letter sink. True when the sink took it (the subscriber then counts as
-/// delivered).
+/// subscriber's dead-letter sink; a sink that takes it makes the chain a success.
 async fn dead_letter(
     w: &Worker,
     chan: &Channel,
@@ -100,10 +117,10 @@ async fn dead_letter(
     failed: &Dest,
     failure: Failure,
     passthrough: &[u8],
-) -> bool {
+) -> (bool, u16, Outcome) {
     let Some(dls) = &sub.dead_letter else {
         w.log_failure(chan, sub, &failed.url, &failure, None);
-        return false;
+        return (false, failure.code(), Outcome::Failed);
     };
     let extra = dead_letter_extra(
         &ev.head[..ev.attrs_end],
@@ -112,10 +129,10 @@ async fn dead_letter(
         passthrough,
         ev.body.len(),
     );
-    match attempts(&w.pool, dls, sub.policy, &ev.attrs(), &extra, &ev.body).await {
-        Ok(_) => {
+    match attempts(w, chan, sub, dls, &ev.attrs(), &extra, &ev.body).await {
+        Ok(r) => {
             tracing::debug!(url = &*failed.url, error = %failure, dead_letter = &*dls.url, "dead-lettered");
-            true
+            (true, r.status, Outcome::DeadLettered)
         }
         Err(dls_failure) => {
             w.log_failure(
@@ -125,7 +142,7 @@ async fn dead_letter(
                 &failure,
                 Some((&dls.url, &dls_failure)),
             );
-            false
+            (false, dls_failure.code(), Outcome::Failed)
         }
     }
 }
@@ -134,22 +151,36 @@ async fn dead_letter(
 /// longer Retry-After where allowed) between them, each attempt bounded by the policy's timeout.
 /// No policy: one attempt, no timeout.
 async fn attempts(
-    pool: &Pool,
+    w: &Worker,
+    chan: &Channel,
+    sub: &Subscriber,
     dest: &Dest,
-    policy: Option<DeliveryPolicy>,
     head: &Bytes,
     extra: &Bytes,
     body: &Bytes,
 ) -> Result<Response, Failure> {
+    let policy = sub.policy;
     let tries = policy.map_or(1, |p| p.retry.saturating_add(1));
     let mut k = 0;
     loop {
+        let start = w.metrics.enabled.then(Instant::now);
         let result = match policy.and_then(|p| p.timeout) {
-            Some(t) => monoio::time::timeout(t, pool.send(dest, head, extra, body))
+            Some(t) => monoio::time::timeout(t, w.pool.send(dest, head, extra, body))
                 .await
                 .unwrap_or(Err(Failure::Timeout)),
-            None => pool.send(dest, head, extra, body).await,
+            None => w.pool.send(dest, head, extra, body).await,
         };
+        if let Some(t) = start {
+            let end = match &result {
+                Ok(r) => AttemptEnd::Status(r.status),
+                Err(Failure::Timeout) => AttemptEnd::Error("timeout"),
+                Err(Failure::Protocol(_)) => AttemptEnd::Error("protocol"),
+                Err(_) => AttemptEnd::Error("transport"),
+            };
+            let at = (&*chan.namespace, &*chan.name);
+            dest.series
+                .attempt(&w.metrics, &dest.host, dest.port, at, end, t.elapsed());
+        }
         let failure = match result {
             Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp),
             Ok(resp) => classify(resp, policy),
@@ -160,6 +191,10 @@ async fn attempts(
             return Err(failure);
         }
         tracing::debug!(url = &*dest.url, attempt = k, error = %failure, "attempt failed; retrying");
+        if w.metrics.enabled {
+            sub.series
+                .outcome(&w.metrics, &chan.names(sub), Outcome::Retried);
+        }
         if let Some(p) = policy {
             let delay = p.delay_after(k, &failure);
             if !delay.is_zero() {

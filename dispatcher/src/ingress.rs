@@ -41,7 +41,18 @@ enum ReadStop {
     TimedOut,
 }
 
+/// What the metrics of one ingress request need until it is answered.
+struct Pending {
+    start: Instant,
+    method: u8,
+    channel: Option<Rc<Channel>>,
+    body: u64,
+}
+
 struct Connection {
+    worker: Rc<Worker>,
+    /// The request being served, when it is recorded (not for probes or with `--no-metrics`).
+    pending: Option<Pending>,
     stream: TcpStream,
     buf: BytesMut,
     head: RequestHead,
@@ -56,6 +67,8 @@ struct Connection {
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut conn = Connection {
+        worker: worker.clone(),
+        pending: None,
         stream,
         buf: BytesMut::with_capacity(READ_CHUNK),
         head: RequestHead::new(),
@@ -64,7 +77,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         out: Vec::new(),
     };
     while conn.serve_one(&worker).await {}
-    worker.conns.set(worker.conns.get() - 1);
+    worker.conn_closed();
 }
 
 impl Connection {
@@ -93,11 +106,40 @@ impl Connection {
     }
 
     async fn write(&mut self, bytes: &'static [u8]) -> bool {
+        self.record(bytes);
         self.stream.write_all(bytes).await.0.is_ok()
+    }
+
+    /// Records the request being answered with `answer` (its status is in the status line).
+    fn record(&mut self, answer: &[u8]) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let status = answer
+            .get(9..12)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        let w = &self.worker;
+        let elapsed = p.start.elapsed();
+        match &p.channel {
+            Some(c) => c.ingress.record(
+                &w.metrics,
+                Some((&c.namespace, &c.name)),
+                p.method,
+                status,
+                p.body,
+                elapsed,
+            ),
+            None => w
+                .no_channel
+                .record(&w.metrics, None, p.method, status, p.body, elapsed),
+        }
     }
 
     /// Writes a fixed answer, adding the `Connection` header the client needs to see.
     async fn answer(&mut self, bytes: &'static [u8], keep_alive: bool) -> bool {
+        self.record(bytes);
         let keep_alive = keep_alive && !self.peer_closed;
         let http10 = self.head.http10;
         if keep_alive && !http10 {
@@ -199,6 +241,18 @@ impl Connection {
                 return self.network_probe(&head[hash], keep_alive).await;
             }
             Probe::None => {
+                if w.metrics.enabled {
+                    self.pending = Some(Pending {
+                        start: Instant::now(),
+                        method: match self.head.method {
+                            Method::Post => 0,
+                            Method::Options => 1,
+                            Method::Other => 2,
+                        },
+                        channel: None,
+                        body: 0,
+                    });
+                }
                 let table = w.table();
                 let target = std::str::from_utf8(&head[self.head.target.clone()]).unwrap_or("");
                 let Some(key) = key_of(target) else {
@@ -220,6 +274,9 @@ impl Connection {
                 }
             }
         };
+        if let Some(p) = &mut self.pending {
+            p.channel = Some(channel.clone());
+        }
         match self.head.method {
             Method::Post => {}
             Method::Options => return self.finish_without_body(answer::OPTIONS, keep_alive).await,
@@ -234,6 +291,7 @@ impl Connection {
         let fan = channel.subscribers.len();
         if w.overloaded(fan) {
             w.overload();
+            w.dropped_for_overload(&channel);
             return self
                 .finish_without_body(answer::OVERLOADED, keep_alive)
                 .await;
@@ -264,6 +322,9 @@ impl Connection {
             }
             Err(None) => return false,
         };
+        if let Some(p) = &mut self.pending {
+            p.body = body.len() as u64;
+        }
 
         // 4. Validate and write the binary-mode head every subscriber gets (one copy of the
         //    attributes per event; the body is not touched).
@@ -300,6 +361,7 @@ impl Connection {
         drop(head);
         let Some(slot) = w.reserve(fan) else {
             w.overload();
+            w.dropped_for_overload(&channel);
             return self.answer(answer::OVERLOADED, keep_alive).await;
         };
 
@@ -513,6 +575,19 @@ impl Connection {
 }
 
 impl Worker {
+    /// Counts the deliveries an overloaded event would have made.
+    fn dropped_for_overload(&self, channel: &Channel) {
+        if self.metrics.enabled {
+            for sub in channel.subscribers.iter() {
+                sub.series.outcome(
+                    &self.metrics,
+                    &channel.names(sub),
+                    crate::metrics::Outcome::DroppedOverload,
+                );
+            }
+        }
+    }
+
     /// Logs a refused request, at most once a second per worker (a flood of bad input must not
     /// become a flood of log lines), with what was wrong and which channel it was for.
     pub fn bad_request(&self, why: &str, channel: Option<&Channel>) {

@@ -18,6 +18,8 @@
 //!   classification of a failed attempt.
 //! - [`pool`]: per-worker keep-alive HTTP/1.1 connection pools to subscribers, and the client call.
 //! - [`fanout`]: one event to every subscriber of a channel, concurrently, sharing one body.
+//! - [`metrics`]: Prometheus series in per-worker single-writer cells, merged when scraped; the
+//!   metrics and health listener. Never locks or shares a written cache line on the request path.
 //! - [`ingress`]: the per-connection server loop: limits, probes, routing, validation, answers.
 //! - [`worker`]: one monoio runtime per core, its listener, its table and its pool.
 
@@ -29,6 +31,7 @@ pub mod fanout;
 pub mod http;
 pub mod imc;
 pub mod ingress;
+pub mod metrics;
 pub mod pool;
 pub mod routing;
 pub mod source;

@@ -79,6 +79,31 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
 
+    // D12: metrics on by default, scraped on their own thread.
+    let registries: Vec<_> = (0..workers)
+        .map(|_| Arc::new(imc_dispatcher::metrics::WorkerRegistry::default()))
+        .collect();
+    match imc_dispatcher::metrics::bind(args.metrics_listen) {
+        Ok((listener, addr)) => {
+            tracing::info!(%addr, "metrics listening");
+            let (regs, hub) = (registries.clone(), hub.clone());
+            let info = imc_dispatcher::metrics::ProcessInfo {
+                driver: driver.name(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name("imc-metrics".into())
+                .spawn(move || imc_dispatcher::metrics::serve(listener, regs, hub, info));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the metrics listener");
+                return ExitCode::from(1);
+            }
+        }
+        Err(e) => {
+            tracing::error!(addr = %args.metrics_listen, error = %e, "cannot bind the metrics listener");
+            return ExitCode::from(1);
+        }
+    }
+
     // DNS lookups of subscriber hosts block; they run here, never on a worker core.
     let blocking = monoio::blocking::DefaultThreadPool::new(2);
     let limits = args.limits();
@@ -95,6 +120,8 @@ fn main() -> ExitCode {
             max_conns: args.max_connections,
             shutdown_grace: args.shutdown_grace,
             blocking: blocking.clone(),
+            registry: registries[id].clone(),
+            metrics_enabled: !args.no_metrics,
         };
         let handle = std::thread::Builder::new()
             .name(format!("imc-worker-{id}"))

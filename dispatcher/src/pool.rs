@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,6 +23,7 @@ use monoio::net::TcpStream;
 
 use crate::delivery::Failure;
 use crate::http::{parse_response, ChunkedDecoder};
+use crate::metrics::WorkerRegistry;
 use crate::routing::Dest;
 
 /// Go's default transport: idle pooled connections are closed after 90 s.
@@ -151,15 +153,22 @@ pub struct Pool {
     dns: RefCell<HashMap<Rc<str>, DnsEntry>>,
     max_idle_per_host: usize,
     max_response_body: usize,
+    /// Hits, misses and the idle count are exported from here.
+    stats: Arc<WorkerRegistry>,
 }
 
 impl Pool {
-    pub fn new(max_idle_per_host: usize, max_response_body: usize) -> Pool {
+    pub fn new(
+        max_idle_per_host: usize,
+        max_response_body: usize,
+        stats: Arc<WorkerRegistry>,
+    ) -> Pool {
         Pool {
             idle: RefCell::default(),
             dns: RefCell::default(),
             max_idle_per_host,
             max_response_body,
+            stats,
         }
     }
 
@@ -178,7 +187,14 @@ impl Pool {
                 dest.url
             )));
         }
-        if let Some(mut conn) = self.take(&dest.key) {
+        let pooled = self.take(&dest.key);
+        let stats = if pooled.is_some() {
+            &self.stats.pool_hits
+        } else {
+            &self.stats.pool_misses
+        };
+        stats.add(1);
+        if let Some(mut conn) = pooled {
             match self.exchange(&mut conn, dest, [head, extra, body]).await {
                 Ok((resp, keep)) => {
                     if keep {
@@ -208,9 +224,12 @@ impl Pool {
         let list = idle.get_mut(key)?;
         // Most recently used first; anything older than the freshest expired one is older still.
         let conn = list.pop()?;
+        let idle = &self.stats.pool_idle;
         if conn.idle_since.elapsed() < IDLE_TIMEOUT {
+            idle.set(idle.get() - 1);
             Some(conn)
         } else {
+            idle.set(idle.get() - 1 - list.len() as u64);
             list.clear();
             None
         }
@@ -222,6 +241,7 @@ impl Pool {
         if list.len() < self.max_idle_per_host {
             conn.idle_since = Instant::now();
             list.push(conn);
+            self.stats.pool_idle.add(1);
         }
     }
 

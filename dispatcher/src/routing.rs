@@ -12,9 +12,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::channels::ChannelSet;
 use crate::delivery::DeliveryPolicy;
 use crate::imc::Target;
+use crate::metrics::{IngressSeries, SubscriberNames, SubscriberSeries, TargetSeries};
 
 /// A delivery target on this worker: its pool key and the fixed start of every request to it.
-#[derive(Debug)]
 pub struct Dest {
     pub url: Rc<str>,
     /// `host:port`: the connection pool key.
@@ -24,6 +24,7 @@ pub struct Dest {
     pub tls: bool,
     /// `POST <path> HTTP/1.1`, `Host`, and the per-channel headers, written once per table.
     pub prefix: Bytes,
+    pub series: TargetSeries,
 }
 
 impl Dest {
@@ -49,29 +50,42 @@ impl Dest {
             port: t.port,
             tls: t.tls,
             prefix: p.freeze(),
+            series: TargetSeries::default(),
         }
     }
 }
 
-#[derive(Debug)]
 pub struct Subscriber {
     pub uid: Rc<str>,
+    /// The Subscription's name for metric labels (its uid when the manifest has none).
+    pub name: Rc<str>,
+    pub series: SubscriberSeries,
     pub target: Option<Dest>,
     pub reply: Option<Dest>,
     pub dead_letter: Option<Dest>,
     pub policy: Option<DeliveryPolicy>,
 }
 
-#[derive(Debug)]
 pub struct Channel {
     pub namespace: Rc<str>,
     pub name: Rc<str>,
     pub async_handler: bool,
     pub subscribers: Box<[Subscriber]>,
+    pub ingress: IngressSeries,
+}
+
+impl Channel {
+    pub fn names<'a>(&'a self, sub: &'a Subscriber) -> SubscriberNames<'a> {
+        SubscriberNames {
+            namespace: &self.namespace,
+            channel: &self.name,
+            subscription: &sub.name,
+        }
+    }
 }
 
 /// One worker's view of the channel set.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Table {
     hosts: HashMap<Box<str>, Rc<Channel>>,
     paths: HashMap<Box<str>, Rc<Channel>>,
@@ -133,12 +147,15 @@ impl Table {
                     .iter()
                     .map(|s| Subscriber {
                         uid: s.uid.as_str().into(),
+                        name: s.name.as_deref().unwrap_or(&s.uid).into(),
+                        series: SubscriberSeries::default(),
                         target: s.target.as_ref().map(|t| Dest::new(t, ns, true)),
                         reply: s.reply.as_ref().map(|t| Dest::new(t, ns, false)),
                         dead_letter: s.dead_letter.as_ref().map(|t| Dest::new(t, ns, false)),
                         policy: s.policy,
                     })
                     .collect(),
+                ingress: IngressSeries::default(),
             });
             // The first channel to claim a host keeps it (the set builder logged the conflict).
             t.hosts

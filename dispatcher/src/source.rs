@@ -169,6 +169,8 @@ impl FileSource {
             namespace_mode: self.namespace_mode.as_deref(),
         };
         let (set, report) = ChannelSet::build(&self.current, &loads, &opts);
+        self.hub
+            .record_reload(report.files_failed == 0 && report.channels_rejected == 0);
         if !self.published && failed > 0 {
             tracing::error!(path = %self.path.display(), "no complete channel set yet; not ready until every file parses");
             return;

@@ -17,6 +17,7 @@ use monoio::net::TcpListener;
 
 use crate::channels::Hub;
 use crate::config::{IoDriver, Limits};
+use crate::metrics::{IngressSeries, Recorder, WorkerRegistry};
 use crate::pool::Pool;
 use crate::routing::Table;
 
@@ -89,14 +90,17 @@ pub struct Worker {
     pub pool: Pool,
     /// D13: set by the ticker once the process drains; connections then close after answering.
     pub draining: Cell<bool>,
-    /// D11: subscriber deliveries in flight on this worker (sync and async), and the bound.
-    inflight: Cell<usize>,
+    /// D11: the bound on subscriber deliveries in flight on this worker (sync and async); the
+    /// count itself is the `inflight` cell of the metrics registry.
     max_inflight: usize,
     /// Requests between a parsed head and a written answer: a draining worker waits for them.
     active: Cell<usize>,
-    /// Open client connections, and the bound (`--max-connections`).
-    pub conns: Cell<usize>,
+    /// The bound on open client connections (`--max-connections`); the count is a metrics cell.
     max_conns: usize,
+    /// This worker's metric series; `metrics.enabled` is false with `--no-metrics`.
+    pub metrics: Recorder,
+    /// Ingress series of requests that found no channel.
+    pub no_channel: IngressSeries,
     overload_log: Throttle,
     table: RefCell<Rc<Table>>,
     generation: Cell<u64>,
@@ -114,9 +118,8 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.worker
-            .inflight
-            .set(self.worker.inflight.get() - self.n);
+        let c = &self.worker.metrics.registry().inflight;
+        c.set(c.get() - self.n as u64);
     }
 }
 
@@ -133,7 +136,27 @@ impl Worker {
     /// D11: whether `n` more deliveries would pass the bound.
     #[inline]
     pub fn overloaded(&self, n: usize) -> bool {
-        n > 0 && self.inflight.get() + n > self.max_inflight
+        n > 0 && self.inflight() + n > self.max_inflight
+    }
+
+    #[inline]
+    fn inflight(&self) -> usize {
+        self.metrics.registry().inflight.get() as usize
+    }
+
+    /// Counts a new client connection; false (and nothing counted) past `--max-connections`.
+    fn conn_open(&self) -> bool {
+        let c = &self.metrics.registry().connections;
+        if c.get() as usize >= self.max_conns {
+            return false;
+        }
+        c.add(1);
+        true
+    }
+
+    pub fn conn_closed(&self) {
+        let c = &self.metrics.registry().connections;
+        c.set(c.get() - 1);
     }
 
     /// Takes `n` in-flight slots, or `None` past the bound.
@@ -141,7 +164,7 @@ impl Worker {
         if self.overloaded(n) {
             return None;
         }
-        self.inflight.set(self.inflight.get() + n);
+        self.metrics.registry().inflight.add(n as u64);
         Some(Slot {
             worker: self.clone(),
             n,
@@ -153,7 +176,7 @@ impl Worker {
         if let Some(suppressed) = self.overload_log.allow() {
             tracing::warn!(
                 worker = self.id,
-                inflight = self.inflight.get(),
+                inflight = self.inflight(),
                 bound = self.max_inflight,
                 suppressed,
                 "deliveries in flight at the bound; answering 503 (D11)"
@@ -208,6 +231,8 @@ pub struct WorkerSpec {
     pub max_conns: usize,
     pub shutdown_grace: Duration,
     pub blocking: DefaultThreadPool,
+    pub registry: Arc<WorkerRegistry>,
+    pub metrics_enabled: bool,
 }
 
 /// Runs one worker on the calling thread until the process drains. Returns how many requests
@@ -252,14 +277,18 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
         hub: spec.hub,
         limits: spec.limits,
         draining: Cell::new(false),
-        inflight: Cell::new(0),
         max_inflight: spec.max_inflight.max(1),
         active: Cell::new(0),
-        conns: Cell::new(0),
         max_conns: spec.max_conns.max(1),
+        metrics: Recorder::new(spec.registry.clone(), spec.metrics_enabled),
+        no_channel: IngressSeries::default(),
         overload_log: Throttle::default(),
         // Replies can be as large as events: the same limit bounds what is kept of a response.
-        pool: Pool::new(spec.max_idle_per_host, spec.limits.max_body),
+        pool: Pool::new(
+            spec.max_idle_per_host,
+            spec.limits.max_body,
+            spec.registry.clone(),
+        ),
         table: RefCell::new(Rc::new(Table::default())),
         generation: Cell::new(0),
         event_head: RefCell::new(BytesMut::with_capacity(64 << 10)),
@@ -297,11 +326,11 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
     tracing::info!(
         worker = spec.id,
         requests = worker.active.get(),
-        deliveries = worker.inflight.get(),
+        deliveries = worker.inflight(),
         "draining"
     );
     loop {
-        let (active, inflight) = (worker.active.get(), worker.inflight.get());
+        let (active, inflight) = (worker.active.get(), worker.inflight());
         if active == 0 && inflight == 0 {
             return Ok(0);
         }
@@ -317,7 +346,7 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                if worker.conns.get() >= worker.max_conns {
+                if !worker.conn_open() {
                     // Past the bound the connection is closed at once; existing ones go on.
                     if let Some(suppressed) = accept_log.allow() {
                         tracing::warn!(
@@ -330,7 +359,6 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
                     drop(stream);
                     continue;
                 }
-                worker.conns.set(worker.conns.get() + 1);
                 monoio::spawn(crate::ingress::serve(worker.clone(), stream));
             }
             Err(e) => {
