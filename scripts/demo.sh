@@ -11,7 +11,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
 "$BIN/examples/event-display" 127.0.0.1:8081 > target/demo-display.log 2>&1 & pids+=($!)
 "$BIN/imc-dispatcher" --channels config/examples/demo.yaml --listen 127.0.0.1:8080 \
-  --metrics-listen 127.0.0.1:9090 --workers 2 & pids+=($!)
+  --metrics-listen 127.0.0.1:0 --workers 2 & pids+=($!)
 
 # Ready when a kubelet-style probe gets 204 (the channel set is installed on every worker).
 for _ in $(seq 1 100); do
