@@ -311,3 +311,46 @@ impl Conn {
         })
     }
 }
+
+/// A client for load from many threads: it keeps one connection across requests and opens a new
+/// one after the server closed the last (an answer with `Connection: close`, or any error).
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<Conn>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { addr, conn: None }
+    }
+
+    /// Whether a connection from an earlier request is open (the next request reuses it).
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Sends `req` on the current connection, opening one first if there is none. On an error
+    /// the connection is dropped, and the next call opens a fresh one.
+    pub fn request(&mut self, req: &Request) -> io::Result<Response> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(Conn::try_open(self.addr)?),
+        };
+        match conn.request(req) {
+            Ok(resp) => {
+                let close = resp
+                    .header_all("connection")
+                    .iter()
+                    .any(|v| v.eq_ignore_ascii_case("close"));
+                if close {
+                    self.conn = None;
+                }
+                Ok(resp)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{Conn, Request, Response};
 use crate::manifest::{channels_yaml, Channel};
+use crate::RELOAD;
 
 /// How long a DUT may take to bind its ingress, and then to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,9 +207,36 @@ impl Dut {
         self.send(&kube_probe()).status
     }
 
+    /// The URL that reaches `channel` through this DUT by path routing
+    /// (`http://127.0.0.1:PORT/<namespace>/<name>`), for `replyUri`s that point back at a channel.
+    pub fn channel_url(&self, channel: &Channel) -> String {
+        format!("http://{}{}", self.addr, channel.path())
+    }
+
     /// Atomically replaces the channels file with these channels.
     pub fn set_channels(&self, channels: &[Channel]) {
         self.write_channels_raw(&channels_yaml(channels));
+    }
+
+    /// [`Dut::set_channels`], then waits (up to [`RELOAD`]) until the new set is in force: the set
+    /// also holds a marker channel with a fresh name, and the call returns once it routes.
+    #[track_caller]
+    pub fn apply_channels(&self, channels: &[Channel]) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let marker = Channel::new(
+            "imc-e2e",
+            &format!("applied-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+        );
+        let mut all = channels.to_vec();
+        all.push(marker.clone());
+        self.set_channels(&all);
+        let probe = crate::fixtures::e1()
+            .host("anything.example")
+            .target(&marker.path())
+            .id("apply-marker");
+        crate::eventually(RELOAD, "the new channel set is in force", || {
+            (self.send(&probe).status == 202).then_some(())
+        });
     }
 
     /// Atomically replaces the channels file with exactly `contents`.
@@ -271,6 +299,49 @@ impl Dut {
             }
             lines = self.logs.grew.wait_timeout(lines, left).unwrap().0;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`, `KILL`, ...) with `kill(1)`.
+    #[track_caller]
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {}: {status}", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns how it ended, or `None` if it is
+    /// still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("query the DUT process") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Resident set size of the process in KiB (`VmRSS` of `/proc/<pid>/status`).
+    #[track_caller]
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS line in {path}"))
     }
 
     /// Panics, with the logs, if the process has exited.

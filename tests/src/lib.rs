@@ -8,29 +8,40 @@
 //!
 //! - [`dut`]: starts the dispatcher under test on a channels file, finds its address, keeps its logs.
 //! - [`manifest`]: InMemoryChannel manifests as `kubectl get imc -o yaml` prints them.
-//! - [`sink`]: scripted HTTP/1.1 subscribers that record every request.
-//! - [`client`]: a raw HTTP/1.1 client that can also write arbitrary bytes and see a close.
+//! - [`sink`]: scripted HTTP/1.1 subscribers that record every request; they can answer late, hang
+//!   up, hold an answer until released, and see the dispatcher give up on a request.
+//! - [`apps`]: the sample services of Knative's Sequence and Parallel flows (appender, filter,
+//!   transformer) as sink scripts.
+//! - [`client`]: a raw HTTP/1.1 client that can also write arbitrary bytes and see a close, and a
+//!   reconnecting keep-alive client for load.
 //! - [`fixtures`]: channel C1 and event E1 from contract §7, and the "delivered as binary E1" check.
+//! - [`text`]: base64, JSON strings and HTTP dates, for expected values.
 //! - `wire`: reading HTTP/1.1 messages, shared by the client and the sinks.
 //!
 //! Every test runs once per I/O driver: write `fn property_name(driver: Driver)` and list it in
 //! [`both_drivers!`], which makes `io_uring::property_name` and `epoll::property_name`.
 
+pub mod apps;
 pub mod client;
 pub mod dut;
 pub mod fixtures;
 pub mod manifest;
 pub mod sink;
+pub mod text;
 mod wire;
 
+use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use client::{Closed, Conn, Request, Response};
+pub use client::{Closed, Conn, KeepAlive, Request, Response};
 pub use dut::{kube_probe, Driver, Dut, DutBuilder};
-pub use fixtures::{assert_binary_e1, assert_binary_e1_with_id, c1, e1, structured, C1_HOST};
-pub use manifest::{channels_list_yaml, channels_yaml, Channel, Sub};
-pub use sink::{Recorded, Reply, Sink};
+pub use fixtures::{
+    assert_binary_e1, assert_binary_e1_with_id, assert_e1_event, c1, e1, structured, C1_HOST,
+};
+pub use manifest::{channels_list_yaml, channels_yaml, Channel, Sub, ASYNC_HANDLER};
+pub use sink::{per_id, Recorded, Reply, Sink};
+pub use text::{base64, base64_decode};
 
 /// How long a rewrite of the channels file may take to show in behaviour.
 pub const RELOAD: Duration = Duration::from_secs(5);
@@ -51,6 +62,22 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut attempt: impl FnMut() ->
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Panics unless `actual` is within `tolerance` of `expected`, naming `what`.
+#[track_caller]
+pub fn assert_near(what: &str, actual: Duration, expected: Duration, tolerance: Duration) {
+    let off = actual.abs_diff(expected);
+    assert!(
+        off <= tolerance,
+        "{what}: {actual:?}, expected {expected:?} ± {tolerance:?}"
+    );
+}
+
+/// An address on `127.0.0.1` where nothing listens (bound, then released): connecting is refused.
+pub fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a port to release");
+    listener.local_addr().expect("local address")
 }
 
 /// Generates one `#[test]` per I/O driver for each listed `fn name(driver: Driver)`:

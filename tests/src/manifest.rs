@@ -3,32 +3,145 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The annotation that makes a channel acknowledge before delivering (contract §2.6).
+pub const ASYNC_HANDLER: &str = "messaging.knative.dev/async-handler";
+
 /// One subscriber (`spec.subscribers[]`). Each gets a unique `uid` and `name`.
+///
+/// The `delivery` object is rendered only when one of its fields was set (or raw YAML was given
+/// with [`Sub::delivery_yaml`]): no `delivery` means one attempt and no timeout.
 #[derive(Clone, Debug)]
 pub struct Sub {
     uid: String,
     name: String,
     generation: u64,
-    subscriber_uri: String,
-    delivery: Option<String>,
+    subscriber_uri: Option<String>,
+    reply_uri: Option<String>,
+    delivery: Delivery,
+    delivery_yaml: Option<String>,
+}
+
+/// The typed fields of `spec.subscribers[].delivery`; `None` fields are left out.
+#[derive(Clone, Debug, Default)]
+struct Delivery {
+    retry: Option<u32>,
+    backoff_policy: Option<String>,
+    backoff_delay: Option<String>,
+    timeout: Option<String>,
+    retry_after_max: Option<String>,
+    dead_letter_sink: Option<String>,
+}
+
+impl Delivery {
+    /// YAML flow text, e.g. `{retry: 2, backoffDelay: "PT0.2S"}`; `None` when no field is set.
+    fn flow(&self) -> Option<String> {
+        let mut fields = Vec::new();
+        if let Some(r) = self.retry {
+            fields.push(format!("retry: {r}"));
+        }
+        let strings = [
+            ("backoffPolicy", &self.backoff_policy),
+            ("backoffDelay", &self.backoff_delay),
+            ("timeout", &self.timeout),
+            ("retryAfterMax", &self.retry_after_max),
+        ];
+        for (key, value) in strings {
+            if let Some(v) = value {
+                fields.push(format!("{key}: {}", quote(v)));
+            }
+        }
+        if let Some(uri) = &self.dead_letter_sink {
+            fields.push(format!("deadLetterSink: {{uri: {}}}", quote(uri)));
+        }
+        (!fields.is_empty()).then(|| format!("{{{}}}", fields.join(", ")))
+    }
 }
 
 impl Sub {
+    /// A subscriber with `subscriberUri`.
     pub fn to(subscriber_uri: &str) -> Sub {
+        let mut sub = Sub::unnamed();
+        sub.subscriber_uri = Some(subscriber_uri.to_string());
+        sub
+    }
+
+    /// A subscriber with only a `replyUri` (D15: the reply target is the subscriber).
+    pub fn reply_only(reply_uri: &str) -> Sub {
+        let mut sub = Sub::unnamed();
+        sub.reply_uri = Some(reply_uri.to_string());
+        sub
+    }
+
+    fn unnamed() -> Sub {
         static NEXT: AtomicUsize = AtomicUsize::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Sub {
             uid: format!("00000000-0000-0000-0000-{n:012}"),
             name: format!("sub-{n}"),
             generation: 1,
-            subscriber_uri: subscriber_uri.to_string(),
-            delivery: None,
+            subscriber_uri: None,
+            reply_uri: None,
+            delivery: Delivery::default(),
+            delivery_yaml: None,
         }
     }
 
-    /// The `delivery` object as YAML flow text, e.g. `{retry: 2, backoffDelay: PT0.2S}`.
+    /// `replyUri`: where a reply event from the subscriber goes.
+    pub fn reply(mut self, reply_uri: &str) -> Sub {
+        self.reply_uri = Some(reply_uri.to_string());
+        self
+    }
+
+    /// `delivery.retry`: retries after the first attempt.
+    pub fn retry(mut self, retry: u32) -> Sub {
+        self.delivery.retry = Some(retry);
+        self
+    }
+
+    /// `delivery.backoffPolicy` (`linear` or `exponential`) alone.
+    pub fn backoff_policy(mut self, policy: &str) -> Sub {
+        self.delivery.backoff_policy = Some(policy.to_string());
+        self
+    }
+
+    /// `delivery.backoffDelay` (ISO 8601) alone.
+    pub fn backoff_delay(mut self, delay: &str) -> Sub {
+        self.delivery.backoff_delay = Some(delay.to_string());
+        self
+    }
+
+    /// `backoffPolicy: exponential` with `backoffDelay: delay`.
+    pub fn exponential(self, delay: &str) -> Sub {
+        self.backoff_policy("exponential").backoff_delay(delay)
+    }
+
+    /// `backoffPolicy: linear` with `backoffDelay: delay`.
+    pub fn linear(self, delay: &str) -> Sub {
+        self.backoff_policy("linear").backoff_delay(delay)
+    }
+
+    /// `delivery.timeout`: per attempt (ISO 8601).
+    pub fn timeout(mut self, timeout: &str) -> Sub {
+        self.delivery.timeout = Some(timeout.to_string());
+        self
+    }
+
+    /// `delivery.retryAfterMax` (ISO 8601): honour `Retry-After` on 429 and 503, capped.
+    pub fn retry_after_max(mut self, max: &str) -> Sub {
+        self.delivery.retry_after_max = Some(max.to_string());
+        self
+    }
+
+    /// `delivery.deadLetterSink.uri`.
+    pub fn dead_letter(mut self, uri: &str) -> Sub {
+        self.delivery.dead_letter_sink = Some(uri.to_string());
+        self
+    }
+
+    /// The `delivery` object as raw YAML flow text, e.g. `{backoffDelay: garbage}`; replaces the
+    /// typed fields.
     pub fn delivery_yaml(mut self, flow: &str) -> Sub {
-        self.delivery = Some(flow.to_string());
+        self.delivery_yaml = Some(flow.to_string());
         self
     }
 
@@ -36,10 +149,15 @@ impl Sub {
         let mut out = vec![
             format!("- generation: {}", self.generation),
             format!("  name: {}", quote(&self.name)),
-            format!("  subscriberUri: {}", quote(&self.subscriber_uri)),
-            format!("  uid: {}", quote(&self.uid)),
         ];
-        if let Some(delivery) = &self.delivery {
+        if let Some(uri) = &self.subscriber_uri {
+            out.push(format!("  subscriberUri: {}", quote(uri)));
+        }
+        if let Some(uri) = &self.reply_uri {
+            out.push(format!("  replyUri: {}", quote(uri)));
+        }
+        out.push(format!("  uid: {}", quote(&self.uid)));
+        if let Some(delivery) = self.delivery_yaml.clone().or_else(|| self.delivery.flow()) {
             out.push(format!("  delivery: {delivery}"));
         }
         out
@@ -84,6 +202,11 @@ impl Channel {
     pub fn annotation(mut self, key: &str, value: &str) -> Channel {
         self.annotations.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Annotation `messaging.knative.dev/async-handler: value`.
+    pub fn async_handler(self, value: &str) -> Channel {
+        self.annotation(ASYNC_HANDLER, value)
     }
 
     /// A full `status` as the imc-controller writes it, with condition Ready "False".
