@@ -21,10 +21,14 @@ fn init_logging(args: &Args) {
         eprintln!("--log-level {}: {e}; using info", args.log_level);
         EnvFilter::new("info")
     });
+    // A log line that cannot be written (stderr closed, log collector gone) is dropped.
+    // tracing-subscriber would otherwise report it with eprintln!, which panics when stderr is
+    // the broken part, and every thread that logs would die with it.
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .with_target(false);
     match args.log_format {
         LogFormat::Text => fmt.init(),
@@ -32,7 +36,18 @@ fn init_logging(args: &Args) {
     }
 }
 
+/// A panic is a bug; a thread that died of one would leave a listener nobody accepts on, a source
+/// nobody reloads or a drain nobody starts. Abort instead, so the supervisor restarts the process.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
+}
+
 fn main() -> ExitCode {
+    abort_on_panic();
     let args = Args::parse();
     init_logging(&args);
     let Some(path) = args.channels.clone() else {

@@ -108,3 +108,50 @@ fn upstream_deployment_variables_never_break_startup() {
         "start-up failed with upstream's environment"
     );
 }
+
+#[test]
+fn sigterm_drains_even_when_stderr_is_gone() {
+    // Logging into a closed pipe must not kill the threads that log: the signal thread logs
+    // "draining" right before it starts the drain.
+    let dir = std::env::temp_dir().join(format!("imc-cli-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.yaml");
+    std::fs::write(&file, "kind: InMemoryChannel\nmetadata: {name: a}\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imc-dispatcher"))
+        .args([
+            "--channels",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0", "--workers", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("channel set applied"))));
+    drop(lines); // the read end closes: every later log line hits a broken pipe
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        exit.and_then(|s| s.code()),
+        Some(0),
+        "no clean drain with stderr closed"
+    );
+}
