@@ -5,11 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q -p imc-dispatcher --bin imc-dispatcher --example event-display
-BIN=target/debug
+BIN="${CARGO_TARGET_DIR:-target}/debug"
+LOG=$(mktemp)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "$LOG"' EXIT
 
-"$BIN/examples/event-display" 127.0.0.1:8081 > target/demo-display.log 2>&1 & pids+=($!)
+"$BIN/examples/event-display" 127.0.0.1:8081 > "$LOG" 2>&1 & pids+=($!)
 "$BIN/imc-dispatcher" --channels config/examples/demo.yaml --listen 127.0.0.1:8080 \
   --metrics-listen 127.0.0.1:0 --workers 2 & pids+=($!)
 
@@ -29,4 +30,4 @@ curl -sS -i http://127.0.0.1:8080/ \
   -H 'Content-Type: application/json' -d '{"id":11,"label":""}'
 sleep 0.3
 echo "--- the event display subscriber printed:"
-cat target/demo-display.log
+cat "$LOG"

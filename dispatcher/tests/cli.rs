@@ -67,23 +67,75 @@ fn bad_flag_values_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("soon"));
 }
 
+/// A dispatcher on a one-channel file, with the given environment, its stderr piped; returned
+/// once it logged that the channel set is applied.
+struct Started {
+    child: std::process::Child,
+    stderr: Option<std::io::Lines<std::io::BufReader<std::process::ChildStderr>>>,
+    dir: std::path::PathBuf,
+}
+
+impl Started {
+    fn new(name: &str, env: &[(&str, &str)]) -> Started {
+        let dir = std::env::temp_dir().join(format!("imc-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(&file, "kind: InMemoryChannel\nmetadata: {name: a}\n").unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imc-dispatcher"))
+            .args([
+                "--channels",
+                file.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0", "--workers", "1"])
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let applied = lines.any(|l| l.is_ok_and(|l| l.contains("channel set applied")));
+        let mut s = Started {
+            child,
+            stderr: Some(lines),
+            dir,
+        };
+        assert!(applied, "start-up failed");
+        assert!(
+            s.child.try_wait().unwrap().is_none(),
+            "exited after start-up"
+        );
+        s
+    }
+
+    /// Waits up to 10 s for the process to exit on its own.
+    fn exit_code(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn upstream_deployment_variables_never_break_startup() {
     // Upstream panics on MAX_IDLE_CONNS_PER_HOST=0; imc-rs must start with what its Deployment sets.
-    let dir = std::env::temp_dir().join(format!("imc-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("c.yaml");
-    std::fs::write(&file, "kind: InMemoryChannel\nmetadata: {name: a}\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imc-dispatcher"))
-        .args([
-            "--channels",
-            file.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
-        .envs([
+    Started::new(
+        "env",
+        &[
             ("SYSTEM_NAMESPACE", "knative-eventing"),
             ("POD_NAME", "imc-dispatcher-0"),
             ("CONTAINER_NAME", "dispatcher"),
@@ -92,20 +144,7 @@ fn upstream_deployment_variables_never_break_startup() {
             ("CONFIG_LOGGING_NAME", "config-logging"),
             ("CONFIG_OBSERVABILITY_NAME", "config-observability"),
             ("METRICS_DOMAIN", "knative.dev/inmemorychannel-dispatcher"),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let applied = lines.any(|l| l.is_ok_and(|l| l.contains("channel set applied")));
-    let still_running = child.try_wait().unwrap().is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        applied && still_running,
-        "start-up failed with upstream's environment"
+        ],
     );
 }
 
@@ -113,45 +152,12 @@ fn upstream_deployment_variables_never_break_startup() {
 fn sigterm_drains_even_when_stderr_is_gone() {
     // Logging into a closed pipe must not kill the threads that log: the signal thread logs
     // "draining" right before it starts the drain.
-    let dir = std::env::temp_dir().join(format!("imc-cli-pipe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("c.yaml");
-    std::fs::write(&file, "kind: InMemoryChannel\nmetadata: {name: a}\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imc-dispatcher"))
-        .args([
-            "--channels",
-            file.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--metrics-listen", "127.0.0.1:0", "--workers", "1"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("channel set applied"))));
-    drop(lines); // the read end closes: every later log line hits a broken pipe
+    let mut d = Started::new("pipe", &[]);
+    d.stderr = None; // the read end closes: every later log line hits a broken pipe
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &d.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(
-        exit.and_then(|s| s.code()),
-        Some(0),
-        "no clean drain with stderr closed"
-    );
+    assert_eq!(d.exit_code(), Some(0), "no clean drain with stderr closed");
 }
