@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: the nginx ceiling and imc-dispatcher (one worker on core 0) at N=1 and
+# N=4 subscribers, 64 and 8 connections, with ../shared/bench/rig.sh, in one run; then one table
+# with each row's requests/s as a ratio of the ceiling at the same connection count.
+#
+#   bench/e2e.sh [-r REPS] [-d DUR] [-- extra imc-dispatcher flags, e.g. --io-driver epoll]
+#
+# Needs nginx-light and wrk (installed with apt-get if missing). Traffic stays on 127.0.0.1 and
+# every load run is bounded by the rig's duration. Results: target/bench-results/e2e/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=3
+DUR=10s
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -r) REPS=$2; shift 2;;
+    -d) DUR=$2; shift 2;;
+    --) shift; break;;
+    *) echo "usage: bench/e2e.sh [-r REPS] [-d DUR] [-- dispatcher flags]" >&2; exit 2;;
+  esac
+done
+RIG=../shared/bench/rig.sh
+[ -x "$RIG" ] || { echo "$RIG not found (the shared benchmark rig sits beside the project)" >&2; exit 2; }
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk
+fi
+cargo build --release -p imc-dispatcher
+export BENCH_RESULTS=$PWD/target/bench-results/e2e
+rm -rf "$BENCH_RESULTS"; mkdir -p "$BENCH_RESULTS"
+BIN=${CARGO_TARGET_DIR:-target}/release/imc-dispatcher
+DISP=("$BIN" --channels {CHANNELS} --listen 127.0.0.1:8080 --metrics-listen 127.0.0.1:0 --workers 1 "$@")
+"$RIG" --null -r "$REPS" -d "$DUR"
+"$RIG" -l imc -n 1 -r "$REPS" -d "$DUR" -- "${DISP[@]}"
+"$RIG" -l imc -n 4 -r "$REPS" -d "$DUR" -- "${DISP[@]}"
+python3 ../shared/bench/benchlib.py summarize "$BENCH_RESULTS/raw.tsv" > "$BENCH_RESULTS/summary.tsv"
+python3 - "$BENCH_RESULTS/summary.tsv" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
+head, rows = rows[0], rows[1:]
+col = {name: i for i, name in enumerate(head)}
+ceiling = {r[col["conc"]]: float(r[col["rps"]]) for r in rows if r[col["label"]] == "null"}
+print(f"{'label':8} {'N':>2} {'conc':>4} {'events/s':>9} {'of ceiling':>10} {'deliveries/s':>12} {'p99 ms':>7} {'cpu us/event':>12} {'rss MiB':>7} {'errors':>6}")
+for r in rows:
+    n, conc, rps = int(r[col["N"]]), r[col["conc"]], float(r[col["rps"]])
+    ratio = rps / ceiling[conc] if conc in ceiling and r[col["label"]] != "null" else 1.0
+    print(f"{r[col['label']]:8} {n:>2} {conc:>4} {rps:>9.0f} {ratio:>10.1%} {rps * max(n, 1):>12.0f} "
+          f"{float(r[col['p99_ms']]):>7.2f} {r[col['cpu_us_per_event']]:>12} {float(r[col['disp_rss_mib']]):>7.1f} {r[col['errors']]:>6}")
+PY
