@@ -57,6 +57,17 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
+/// Context attributes in event_display's order; every other `ce-*` header is an extension.
+const CORE: [&str; 7] = [
+    "specversion",
+    "type",
+    "source",
+    "subject",
+    "id",
+    "time",
+    "dataschema",
+];
+
 fn display(headers: &[(String, String)], body: &[u8]) -> String {
     let get = |name: &str| {
         headers
@@ -65,15 +76,7 @@ fn display(headers: &[(String, String)], body: &[u8]) -> String {
             .map(|(_, v)| v.as_str())
     };
     let mut s = String::from("☁️  cloudevents.Event\nValidation: valid\nContext Attributes,\n");
-    for attr in [
-        "specversion",
-        "type",
-        "source",
-        "subject",
-        "id",
-        "time",
-        "dataschema",
-    ] {
+    for attr in CORE {
         if let Some(v) = get(&format!("ce-{attr}")) {
             s += &format!("  {attr}: {v}\n");
         }
@@ -82,15 +85,6 @@ fn display(headers: &[(String, String)], body: &[u8]) -> String {
     if let Some(ct) = content_type {
         s += &format!("  datacontenttype: {ct}\n");
     }
-    const CORE: [&str; 7] = [
-        "specversion",
-        "type",
-        "source",
-        "subject",
-        "id",
-        "time",
-        "dataschema",
-    ];
     let ext: Vec<_> = headers
         .iter()
         .filter_map(|(k, v)| k.strip_prefix("ce-").map(|n| (n, v)))
