@@ -105,8 +105,9 @@ impl Connection {
         }
     }
 
+    /// Writes bytes as they are: the interim `100 Continue`, and `answer`'s fast path. Final
+    /// answers go through `answer`, which records them.
     async fn write(&mut self, bytes: &'static [u8]) -> bool {
-        self.record(bytes);
         self.stream.write_all(bytes).await.0.is_ok()
     }
 
@@ -181,7 +182,7 @@ impl Connection {
                         match self.read_more(READ_CHUNK, left).await {
                             Ok(_) => continue,
                             Err(ReadStop::TimedOut) => {
-                                self.write(answer::TIMEOUT).await;
+                                self.answer(answer::TIMEOUT, false).await;
                                 return false;
                             }
                             Err(ReadStop::Gone) => return false,
@@ -198,7 +199,7 @@ impl Connection {
                             HeadError::Malformed(why) => (answer::MALFORMED, why),
                         };
                         w.bad_request(why, None);
-                        self.write(bytes).await;
+                        self.answer(bytes, false).await;
                         return false;
                     }
                 }
@@ -304,7 +305,7 @@ impl Connection {
             .is_some_and(|n| n > limits.max_body as u64)
         {
             w.bad_request("body over the size limit", Some(&channel));
-            self.write(answer::TOO_LARGE).await;
+            self.answer(answer::TOO_LARGE, false).await;
             return false;
         }
         if self.head.expect_continue
@@ -317,7 +318,7 @@ impl Connection {
         let body = match self.read_body(w).await {
             Ok(b) => b,
             Err(Some(bytes)) => {
-                self.write(bytes).await;
+                self.answer(bytes, false).await;
                 return false;
             }
             Err(None) => return false,
@@ -463,7 +464,7 @@ impl Connection {
                 match self.discard_body().await {
                     Ok(()) => {}
                     Err(Some(bytes)) => {
-                        self.write(bytes).await;
+                        self.answer(bytes, false).await;
                         return false;
                     }
                     Err(None) => return false,

@@ -335,7 +335,42 @@ fn health_and_readiness_endpoints(driver: Driver) {
     get(maddr, "/nope").assert_status(404);
 }
 
+/// An event sent behind `Expect: 100-continue` is recorded once, with its final status: the
+/// interim 100 is not an answer.
+fn interim_100_is_not_recorded(driver: Driver) {
+    let s1 = Sink::ok();
+    let dut = Dut::builder(driver)
+        .channels(&[c1().subscriber(Sub::to(&s1.url()))])
+        .start();
+    let maddr = metrics_addr(&dut);
+    let mut conn = dut.connect();
+    conn.set_read_timeout(Duration::from_secs(3));
+    let head = e1()
+        .header("Expect", "100-continue")
+        .header("Content-Length", "7")
+        .body("");
+    conn.write_raw(&head.to_bytes()).expect("write head");
+    conn.read_message().expect("interim").assert_status(100);
+    conn.write_raw(br#"{"k":1}"#).expect("write body");
+    conn.read_response().expect("final").assert_status(202);
+
+    let text = scrape(maddr);
+    assert_value(&text, "imc_events_received_total", &["code=\"202\""], 1.0);
+    assert_eq!(
+        value(&text, "imc_events_received_total", &["code=\"100\""]),
+        None,
+        "{text}"
+    );
+    assert_value(
+        &text,
+        "http_server_request_body_size_bytes_sum",
+        &["http_response_status_code=\"202\""],
+        7.0,
+    );
+}
+
 both_drivers!(
+    interim_100_is_not_recorded,
     metric_values_match_a_scripted_sequence,
     labels_never_carry_event_content,
     promtool_accepts_the_exposition,
