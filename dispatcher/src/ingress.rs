@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
+use crate::buffer::{make_room, read_into};
 use crate::cloudevent::write_binary_head;
-use crate::config::Limits;
 use crate::delivery::put_content_length;
 use crate::fanout::{fan_out, OutEvent, WATCHDOG};
 use crate::http::{
@@ -56,7 +56,6 @@ struct Connection {
     stream: TcpStream,
     buf: BytesMut,
     head: RequestHead,
-    limits: Limits,
     /// The client closed its side while its event was being delivered: answer, then close.
     peer_closed: bool,
     /// Scratch for the rare answers built at run time; reused.
@@ -72,35 +71,22 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         stream,
         buf: BytesMut::with_capacity(READ_CHUNK),
         head: RequestHead::new(),
-        limits: worker.limits,
         peer_closed: false,
         out: Vec::new(),
     };
-    while conn.serve_one(&worker).await {}
+    while conn.serve_one().await {}
     worker.conn_closed();
 }
 
 impl Connection {
     async fn read_more(&mut self, want: usize, timeout: Duration) -> Result<usize, ReadStop> {
-        let spare = self.buf.capacity() - self.buf.len();
-        if spare < want.clamp(1024, READ_CHUNK) {
-            // Reclaims the same allocation in place once the previous request's Bytes are gone.
-            self.buf.reserve(want.clamp(READ_CHUNK, 8 << 20));
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        match monoio::time::timeout(timeout, self.stream.read(buf.slice_mut(len..))).await {
-            Ok((Ok(0), slice)) => {
-                self.buf = slice.into_inner();
-                Err(ReadStop::Gone)
-            }
-            Ok((Ok(n), slice)) => {
-                self.buf = slice.into_inner();
-                Ok(n)
-            }
-            Ok((Err(_), _)) => Err(ReadStop::Gone),
+        let had = self.buf.len();
+        let read = read_into(&mut self.stream, &mut self.buf, want, READ_CHUNK);
+        match monoio::time::timeout(timeout, read).await {
+            Ok(Ok(0)) | Ok(Err(_)) => Err(ReadStop::Gone),
+            Ok(Ok(n)) => Ok(n),
             // The cancelled read took the buffer with it; the connection is closing anyway.
-            Err(_) if len > 0 => Err(ReadStop::TimedOut),
+            Err(_) if had > 0 => Err(ReadStop::TimedOut),
             Err(_) => Err(ReadStop::Gone),
         }
     }
@@ -138,23 +124,32 @@ impl Connection {
         }
     }
 
+    /// The `Connection` header an answer must carry: none for HTTP/1.1 keep-alive, a confirmation
+    /// for HTTP/1.0 keep-alive, and the announcement of a close.
+    fn connection_line(&self, keep_alive: bool) -> &'static [u8] {
+        match (keep_alive, self.head.http10) {
+            (true, false) => b"",
+            (true, true) => b"Connection: keep-alive\r\n",
+            (false, _) => b"Connection: close\r\n",
+        }
+    }
+
     /// Writes a fixed answer, adding the `Connection` header the client needs to see.
     async fn answer(&mut self, bytes: &'static [u8], keep_alive: bool) -> bool {
         self.record(bytes);
         let keep_alive = keep_alive && !self.peer_closed;
-        let http10 = self.head.http10;
-        if keep_alive && !http10 {
-            return self.write(bytes).await;
+        let mut line = self.connection_line(keep_alive);
+        if !keep_alive && bytes.windows(17).any(|w| w == b"Connection: close") {
+            line = b"";
+        }
+        if line.is_empty() {
+            return self.write(bytes).await && keep_alive;
         }
         let split = memchr::memmem::find(bytes, b"\r\n\r\n").map_or(bytes.len(), |i| i + 2);
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         out.extend_from_slice(&bytes[..split]);
-        if keep_alive {
-            out.extend_from_slice(b"Connection: keep-alive\r\n");
-        } else if !bytes.windows(17).any(|w| w == b"Connection: close") {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
+        out.extend_from_slice(line);
         out.extend_from_slice(&bytes[split..]);
         let (res, out) = self.stream.write_all(out).await;
         self.out = out;
@@ -162,7 +157,8 @@ impl Connection {
     }
 
     /// Reads, answers and (for events) delivers one request. Returns whether to go on.
-    async fn serve_one(&mut self, w: &Rc<Worker>) -> bool {
+    async fn serve_one(&mut self) -> bool {
+        let w = &self.worker.clone();
         let limits = w.limits;
         // 1. The head, within the idle timeout before its first byte and the header read
         //    timeout after it (D5).
@@ -315,7 +311,7 @@ impl Connection {
         {
             return false;
         }
-        let body = match self.read_body(w).await {
+        let body = match self.body(true).await {
             Ok(b) => b,
             Err(Some(bytes)) => {
                 self.answer(bytes, false).await;
@@ -399,9 +395,7 @@ impl Connection {
         if let Ok(ok) = monoio::time::timeout(WATCH_AFTER, fan.as_mut()).await {
             return Some(ok);
         }
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
-        }
+        make_room(&mut self.buf, 1024, READ_CHUNK);
         let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
         let canceller = Canceller::new();
@@ -461,8 +455,8 @@ impl Connection {
             if self.head.expect_continue && self.buf.is_empty() {
                 keep = false;
             } else {
-                match self.discard_body().await {
-                    Ok(()) => {}
+                match self.body(false).await {
+                    Ok(_) => {}
                     Err(Some(bytes)) => {
                         self.answer(bytes, false).await;
                         return false;
@@ -474,57 +468,40 @@ impl Connection {
         self.answer(bytes, keep).await
     }
 
-    async fn discard_body(&mut self) -> Result<(), Option<&'static [u8]>> {
-        let progress = self.limits.header_timeout;
+    /// Reads the request body, keeping it (`keep`) or dropping it as it arrives. Content-Length
+    /// bodies are kept zero-copy, chunked ones reassembled; both are bounded by the body limit
+    /// (D3), and between reads the client must make progress within the header timeout (D5).
+    /// `Err(Some(answer))`: answer that and close; `Err(None)`: just close.
+    async fn body(&mut self, keep: bool) -> Result<Bytes, Option<&'static [u8]>> {
+        let limits = self.worker.limits;
+        let progress = limits.header_timeout;
+        // A client that stalls while its body is dropped gets no 408, only a close.
+        let stop = |s: ReadStop| match s {
+            ReadStop::TimedOut if keep => Some(answer::TIMEOUT),
+            _ => None,
+        };
         if let Some(n) = self.head.content_length {
-            if n > self.limits.max_body as u64 {
+            if n > limits.max_body as u64 {
                 return Err(Some(answer::TOO_LARGE));
+            }
+            let n = n as usize;
+            if keep {
+                while self.buf.len() < n {
+                    let want = n - self.buf.len();
+                    self.read_more(want, progress).await.map_err(stop)?;
+                }
+                return Ok(self.buf.split_to(n).freeze());
             }
             let mut left = n;
             loop {
-                let k = (left as usize).min(self.buf.len());
+                let k = left.min(self.buf.len());
                 let _ = self.buf.split_to(k);
-                left -= k as u64;
+                left -= k;
                 if left == 0 {
-                    return Ok(());
+                    return Ok(Bytes::new());
                 }
-                self.read_more(READ_CHUNK, progress)
-                    .await
-                    .map_err(|_| None)?;
+                self.read_more(READ_CHUNK, progress).await.map_err(stop)?;
             }
-        }
-        // Chunked: decode into a scratch buffer that is dropped; bounded like any body.
-        let mut dec = ChunkedDecoder::default();
-        let mut sink = BytesMut::new();
-        loop {
-            match dec.decode(&mut self.buf, &mut sink, self.limits.max_body) {
-                Ok(true) => return Ok(()),
-                Ok(false) => sink.clear(),
-                Err(ChunkError::TooLarge) => return Err(Some(answer::TOO_LARGE)),
-                Err(ChunkError::Malformed) => return Err(Some(answer::MALFORMED)),
-            }
-            self.read_more(READ_CHUNK, progress)
-                .await
-                .map_err(|_| None)?;
-        }
-    }
-
-    /// Reads the body. `Err(Some(answer))`: answer that and close; `Err(None)`: just close.
-    async fn read_body(&mut self, w: &Worker) -> Result<Bytes, Option<&'static [u8]>> {
-        let limits = w.limits;
-        // Between reads of a body, the client must make progress within the header timeout.
-        let progress = limits.header_timeout;
-        if let Some(n) = self.head.content_length {
-            let n = n as usize;
-            while self.buf.len() < n {
-                let want = n - self.buf.len();
-                match self.read_more(want, progress).await {
-                    Ok(_) => {}
-                    Err(ReadStop::TimedOut) => return Err(Some(answer::TIMEOUT)),
-                    Err(ReadStop::Gone) => return Err(None),
-                }
-            }
-            return Ok(self.buf.split_to(n).freeze());
         }
         if !self.head.chunked {
             return Ok(Bytes::new());
@@ -533,28 +510,27 @@ impl Connection {
         let mut body = BytesMut::new();
         loop {
             match dec.decode(&mut self.buf, &mut body, limits.max_body) {
-                Ok(true) => return Ok(body.freeze()),
+                Ok(true) if keep => return Ok(body.freeze()),
+                Ok(true) => return Ok(Bytes::new()),
+                Ok(false) if !keep => body.clear(),
                 Ok(false) => {}
                 Err(ChunkError::TooLarge) => {
-                    w.bad_request("chunked body over the size limit", None);
+                    self.worker
+                        .bad_request("chunked body over the size limit", None);
                     return Err(Some(answer::TOO_LARGE));
                 }
                 Err(ChunkError::Malformed) => {
-                    w.bad_request("malformed chunked body", None);
+                    self.worker.bad_request("malformed chunked body", None);
                     return Err(Some(answer::MALFORMED));
                 }
             }
-            match self.read_more(READ_CHUNK, progress).await {
-                Ok(_) => {}
-                Err(ReadStop::TimedOut) => return Err(Some(answer::TIMEOUT)),
-                Err(ReadStop::Gone) => return Err(None),
-            }
+            self.read_more(READ_CHUNK, progress).await.map_err(stop)?;
         }
     }
 
     /// `K-Network-Probe`: 200 echoing `K-Network-Hash` (contract §1.4).
     async fn network_probe(&mut self, hash: &[u8], keep_alive: bool) -> bool {
-        if self.head.has_body() && self.discard_body().await.is_err() {
+        if self.head.has_body() && self.body(false).await.is_err() {
             return false;
         }
         let mut out = std::mem::take(&mut self.out);
@@ -562,16 +538,11 @@ impl Connection {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nK-Network-Hash: ");
         out.extend_from_slice(hash);
         out.extend_from_slice(b"\r\nContent-Length: 0\r\n");
-        let keep = keep_alive;
-        if !keep {
-            out.extend_from_slice(b"Connection: close\r\n");
-        } else if self.head.http10 {
-            out.extend_from_slice(b"Connection: keep-alive\r\n");
-        }
+        out.extend_from_slice(self.connection_line(keep_alive));
         out.extend_from_slice(b"\r\n");
         let (res, out) = self.stream.write_all(out).await;
         self.out = out;
-        res.is_ok() && keep
+        res.is_ok() && keep_alive
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`routing`]: the per-worker routing table (host key and `<ns>/<name>` key to a channel).
 //! - [`delivery`]: the per-subscriber delivery policy (retry, backoff, timeout) and the
 //!   classification of a failed attempt.
+//! - [`buffer`]: connection read buffers: where they grow and how they are read into.
 //! - [`pool`]: per-worker keep-alive HTTP/1.1 connection pools to subscribers, and the client call.
 //! - [`fanout`]: one event to every subscriber of a channel, concurrently, sharing one body.
 //! - [`metrics`]: Prometheus series in per-worker single-writer cells, merged when scraped; the
@@ -23,6 +24,7 @@
 //! - [`ingress`]: the per-connection server loop: limits, probes, routing, validation, answers.
 //! - [`worker`]: one monoio runtime per core, its listener, its table and its pool.
 
+pub mod buffer;
 pub mod channels;
 pub mod cloudevent;
 pub mod config;

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use monoio::buf::{IoBufMut, IoVecBuf};
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::buf::IoVecBuf;
+use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
+use crate::buffer::read_into;
 use crate::delivery::Failure;
 use crate::http::{parse_response, ChunkedDecoder};
 use crate::metrics::WorkerRegistry;
@@ -60,18 +61,8 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes into the buffer. The buffer is reclaimed in place when the previous
-    /// response's `Bytes` are gone, so warm connections do not allocate.
     async fn read_more(&mut self, want: usize) -> io::Result<usize> {
-        let spare = self.buf.capacity() - self.buf.len();
-        if spare < want.clamp(1024, READ_CHUNK) {
-            self.buf.reserve(want.clamp(1024, 8 << 20));
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
-        self.buf = slice.into_inner();
-        res
+        read_into(&mut self.stream, &mut self.buf, want, READ_CHUNK).await
     }
 }
 
