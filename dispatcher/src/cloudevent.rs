@@ -144,15 +144,14 @@ fn write_passthrough(head: &[u8], headers: &[HeaderRange], out: &mut BytesMut) {
     for h in headers {
         let name = &head[h.name.clone()];
         if is_passthrough(name) {
-            put_header(out, &[name], &head[h.value.clone()]);
+            put_header(out, name, &head[h.value.clone()]);
         }
     }
 }
 
-fn put_header(out: &mut BytesMut, name: &[&[u8]], value: &[u8]) {
-    for part in name {
-        out.put_slice(part);
-    }
+/// One header line, `name: value` and CRLF.
+pub(crate) fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
     out.put_slice(b"\r\n");
@@ -292,7 +291,7 @@ fn write_binary(
     }
     attrs.validate(version)?;
     if let Some(ct) = content_type {
-        put_header(out, &[b"Content-Type"], ct);
+        put_header(out, b"Content-Type", ct);
     }
     Ok(())
 }
@@ -514,7 +513,7 @@ fn write_structured(body: &Bytes, out: &mut BytesMut) -> Result<Bytes, CeError> 
         }
     }
     if let Some(ct) = attrs.datacontenttype {
-        put_header(out, &[b"Content-Type"], ct);
+        put_header(out, b"Content-Type", ct);
     }
     let mt = attrs.datacontenttype.map(media_type).unwrap_or(b"");
     let base64_03 = version == SpecVersion::V03

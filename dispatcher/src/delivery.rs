@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::cloudevent::is_passthrough;
+use crate::cloudevent::{is_passthrough, put_header};
 use crate::http::trim;
 use crate::imc::DeliverySpec;
 
@@ -201,7 +201,7 @@ pub fn reply_request(resp_head: &[u8], body_len: usize, inbound: &[u8]) -> Optio
         // The reply carries PassThroughHeaders of the response; trace context comes from the
         // inbound request, not from the subscriber.
         if is_passthrough(name) && !is_trace_context(name) {
-            put_line(&mut pass, name, h.value);
+            put_header(&mut pass, name, h.value);
         }
     }
     for line in trace_lines(inbound) {
@@ -216,7 +216,7 @@ pub fn reply_request(resp_head: &[u8], body_len: usize, inbound: &[u8]) -> Optio
                 let name = h.name.as_bytes();
                 let ce = name.len() > 3 && name[..3].eq_ignore_ascii_case(b"ce-");
                 if ce || name.eq_ignore_ascii_case(b"content-type") {
-                    put_line(&mut head, name, h.value);
+                    put_header(&mut head, name, h.value);
                 }
             }
         }
@@ -226,13 +226,6 @@ pub fn reply_request(resp_head: &[u8], body_len: usize, inbound: &[u8]) -> Optio
     head.put_slice(&pass);
     put_content_length(&mut head, body_len);
     Some((head.freeze(), pass))
-}
-
-fn put_line(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
 }
 
 /// `Content-Length` and the blank line that ends a head.
@@ -267,10 +260,10 @@ pub fn dead_letter_extra(
 ) -> Bytes {
     let mut out = BytesMut::with_capacity(1200 + passthrough.len());
     if !has_attribute(attrs, b"knativeerrordest") {
-        put_line(&mut out, b"Ce-Knativeerrordest", failed_url.as_bytes());
+        put_header(&mut out, b"Ce-Knativeerrordest", failed_url.as_bytes());
     }
     if !has_attribute(attrs, b"knativeerrorcode") {
-        put_line(
+        put_header(
             &mut out,
             b"Ce-Knativeerrorcode",
             itoa::Buffer::new().format(failure.code()).as_bytes(),
@@ -281,7 +274,7 @@ pub fn dead_letter_extra(
         // D7: truncate instead of panicking (upstream's fixed 1024-byte buffer overflows).
         let data = &data[..data.len().min(ERROR_DATA_MAX_BYTES)];
         let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-        put_line(&mut out, b"Ce-Knativeerrordata", encoded.as_bytes());
+        put_header(&mut out, b"Ce-Knativeerrordata", encoded.as_bytes());
     }
     out.put_slice(passthrough);
     put_content_length(&mut out, body_len);

@@ -98,6 +98,15 @@ const fn scaled<const N: usize>(b: [f64; N], scale: f64) -> [u64; N] {
 static DURATION_NS: [u64; 14] = scaled(DURATION_BUCKETS, 1e9);
 static SIZE_BYTES: [u64; 15] = scaled(SIZE_BUCKETS, 1.0);
 
+/// A histogram family's bucket bounds: as exported, as recorded (integers in the recording unit),
+/// and the recording units per exported unit.
+fn bounds(family: Family) -> (&'static [f64], &'static [u64], f64) {
+    match family {
+        Family::ServerBodySize => (&SIZE_BUCKETS, &SIZE_BYTES, 1.0),
+        _ => (&DURATION_BUCKETS, &DURATION_NS, 1e9),
+    }
+}
+
 /// The metric families, in the order they are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
@@ -177,11 +186,10 @@ impl Recorder {
     }
 
     pub fn histogram(&self, family: Family, labels: String) -> Hist {
-        let bounds: &'static [u64] = match family {
-            Family::ServerBodySize => &SIZE_BYTES,
-            _ => &DURATION_NS,
-        };
-        Hist(self.register(family, labels, || Cells::Histogram(Histogram::new(bounds))))
+        let recorded = bounds(family).1;
+        Hist(self.register(family, labels, || {
+            Cells::Histogram(Histogram::new(recorded))
+        }))
     }
 }
 
@@ -274,10 +282,6 @@ pub struct ProcessInfo {
     pub driver: &'static str,
 }
 
-fn fmt_f64(v: f64) -> String {
-    format!("{v}")
-}
-
 /// Renders every family in the Prometheus text format 0.0.4, merging the workers' cells.
 pub fn render(workers: &[Arc<WorkerRegistry>], hub: &Hub, info: &ProcessInfo) -> String {
     use std::collections::BTreeMap;
@@ -285,8 +289,6 @@ pub fn render(workers: &[Arc<WorkerRegistry>], hub: &Hub, info: &ProcessInfo) ->
     enum Merged {
         Counter(u64),
         Histogram {
-            bounds: Vec<f64>,
-            scale: f64,
             buckets: Vec<u64>,
             sum: u64,
             count: u64,
@@ -305,13 +307,7 @@ pub fn render(workers: &[Arc<WorkerRegistry>], hub: &Hub, info: &ProcessInfo) ->
                     }
                 }
                 Cells::Histogram(h) => {
-                    let (bounds, scale): (&[f64], f64) = match family {
-                        Family::ServerBodySize => (&SIZE_BUCKETS, 1.0),
-                        _ => (&DURATION_BUCKETS, 1e9),
-                    };
                     let e = merged.entry(key).or_insert_with(|| Merged::Histogram {
-                        bounds: bounds.to_vec(),
-                        scale,
                         buckets: vec![0; h.buckets.len()],
                         sum: 0,
                         count: 0,
@@ -347,23 +343,18 @@ pub fn render(workers: &[Arc<WorkerRegistry>], hub: &Hub, info: &ProcessInfo) ->
                 let _ = writeln!(out, "{name}{{{lbl}}} {n}");
             }
             Merged::Histogram {
-                bounds,
-                scale,
                 buckets,
                 sum,
                 count,
             } => {
+                let (bounds, _, scale) = bounds(*family);
                 let mut cum = 0;
                 for (i, b) in bounds.iter().enumerate() {
                     cum += buckets[i];
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{{lbl}{sep}le=\"{}\"}} {cum}",
-                        fmt_f64(*b)
-                    );
+                    let _ = writeln!(out, "{name}_bucket{{{lbl}{sep}le=\"{b}\"}} {cum}");
                 }
                 let _ = writeln!(out, "{name}_bucket{{{lbl}{sep}le=\"+Inf\"}} {count}");
-                let _ = writeln!(out, "{name}_sum{{{lbl}}} {}", fmt_f64(*sum as f64 / scale));
+                let _ = writeln!(out, "{name}_sum{{{lbl}}} {}", *sum as f64 / scale);
                 let _ = writeln!(out, "{name}_count{{{lbl}}} {count}");
             }
         }

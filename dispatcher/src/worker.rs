@@ -198,9 +198,6 @@ impl Worker {
     }
 
     fn refresh(&self) {
-        if !self.draining.get() && self.hub.is_draining() {
-            self.draining.set(true);
-        }
         let g = self.hub.generation();
         if g == self.generation.get() {
             return;
@@ -299,6 +296,10 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
     monoio::spawn(async move {
         loop {
             ticker.refresh();
+            // The drain flag is looked at here only, not on every request.
+            if !ticker.draining.get() && ticker.hub.is_draining() {
+                ticker.draining.set(true);
+            }
             monoio::time::sleep(TICK).await;
         }
     });
