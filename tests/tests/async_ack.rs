@@ -131,8 +131,9 @@ fn sender_hang_up_cancels_sync_delivery(driver: Driver) {
     let got = s1.wait_for(1, DELIVERY);
     // The sender gives up one second into the delivery.
     thread::sleep(Duration::from_secs(1));
-    drop(conn);
+    // Read the clock before hanging up: the dispatcher may react before this thread runs again.
     let hung_up = Instant::now();
+    drop(conn);
 
     let closed = s1.wait_peer_closed(0, Duration::from_secs(3));
     assert!(
