@@ -51,6 +51,19 @@ pub const DELIVERY: Duration = Duration::from_secs(5);
 
 /// Calls `attempt` every 50 ms until it returns `Some`, for at most `timeout`; panics naming `what`.
 #[track_caller]
+/// Runs `f(t)` for `t` in `0..threads` on scoped threads and concatenates what they return, in
+/// thread order (the senders of the load tests).
+pub fn in_threads<T: Send>(threads: usize, f: impl Fn(usize) -> Vec<T> + Sync) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = (0..threads).map(|t| scope.spawn(move || f(t))).collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("sender thread"))
+            .collect()
+    })
+}
+
 pub fn eventually<T>(timeout: Duration, what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {

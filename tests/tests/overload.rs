@@ -124,27 +124,16 @@ fn async_flood_past_the_bound_gets_503_and_memory_stays_flat(driver: Driver) {
     let addr = dut.addr();
 
     let (answers, peak) = with_peak_rss(&dut, || {
-        thread::scope(|scope| {
-            let senders: Vec<_> = (0..8)
-                .map(|t| {
-                    let body = &body;
-                    scope.spawn(move || {
-                        let mut client = KeepAlive::new(addr);
-                        (0..1000)
-                            .map(|n| {
-                                send(
-                                    &mut client,
-                                    &e1().id(&format!("f{t}-{n}")).body(body.as_str()),
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })
+        in_threads(8, |t| {
+            let mut client = KeepAlive::new(addr);
+            (0..1000)
+                .map(|n| {
+                    send(
+                        &mut client,
+                        &e1().id(&format!("f{t}-{n}")).body(body.as_str()),
+                    )
                 })
-                .collect();
-            senders
-                .into_iter()
-                .flat_map(|s| s.join().expect("sender thread"))
-                .collect::<Vec<_>>()
+                .collect()
         })
     });
 

@@ -1,6 +1,5 @@
 //! Bad input never takes the dispatcher down or leaks through to a subscriber.
 
-use std::thread;
 use std::time::Duration;
 
 use imc_e2e::*;
@@ -91,23 +90,12 @@ fn barrage_of_bad_input_leaves_dispatcher_serving(driver: Driver) {
     let s1 = Sink::ok();
     let mut dut = Dut::start(driver, &[c1().subscriber(Sub::to(&s1.url()))]);
 
-    let failures: Vec<String> = thread::scope(|scope| {
-        let senders: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let dut = &dut;
-                scope.spawn(move || {
-                    (0..CONNECTIONS)
-                        .filter_map(|i| {
-                            let n = t * CONNECTIONS + i;
-                            misbehave(dut, n, n as u64 + 1).err()
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let failures: Vec<String> = in_threads(THREADS, |t| {
+        (0..CONNECTIONS)
+            .filter_map(|i| {
+                let n = t * CONNECTIONS + i;
+                misbehave(&dut, n, n as u64 + 1).err()
             })
-            .collect();
-        senders
-            .into_iter()
-            .flat_map(|s| s.join().expect("sender thread"))
             .collect()
     });
 

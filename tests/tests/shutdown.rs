@@ -289,24 +289,14 @@ fn sigterm_finishes_async_events_in_the_background(driver: Driver) {
         .start();
     let addr = dut.addr();
 
-    let sent: Vec<(String, u16)> = thread::scope(|scope| {
-        let senders: Vec<_> = (0..8)
-            .map(|t| {
-                scope.spawn(move || {
-                    let mut client = KeepAlive::new(addr);
-                    (0..20)
-                        .map(|n| {
-                            let id = format!("t{t}-{n}");
-                            let resp = client.request(&e1().id(&id)).expect("send");
-                            (id, resp.status)
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let sent: Vec<(String, u16)> = in_threads(8, |t| {
+        let mut client = KeepAlive::new(addr);
+        (0..20)
+            .map(|n| {
+                let id = format!("t{t}-{n}");
+                let resp = client.request(&e1().id(&id)).expect("send");
+                (id, resp.status)
             })
-            .collect();
-        senders
-            .into_iter()
-            .flat_map(|s| s.join().expect("sender thread"))
             .collect()
     });
     dut.signal("TERM");

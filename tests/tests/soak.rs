@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use imc_e2e::*;
@@ -214,28 +213,18 @@ fn every_accepted_event_is_delivered_or_dead_lettered_once(driver: Driver) {
     let addr = dut.addr();
 
     let start = Instant::now();
-    let answers: Vec<(String, Result<u16, String>)> = thread::scope(|scope| {
-        let senders: Vec<_> = (0..SENDERS)
-            .map(|t| {
-                scope.spawn(move || {
-                    let mut client = KeepAlive::new(addr);
-                    (t..total)
-                        .step_by(SENDERS)
-                        .map(|i| {
-                            let id = format!("soak-{i}");
-                            let status = client
-                                .request(&e1().id(&id))
-                                .map(|r| r.status)
-                                .map_err(|e| e.to_string());
-                            (id, status)
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let answers: Vec<(String, Result<u16, String>)> = in_threads(SENDERS, |t| {
+        let mut client = KeepAlive::new(addr);
+        (t..total)
+            .step_by(SENDERS)
+            .map(|i| {
+                let id = format!("soak-{i}");
+                let status = client
+                    .request(&e1().id(&id))
+                    .map(|r| r.status)
+                    .map_err(|e| e.to_string());
+                (id, status)
             })
-            .collect();
-        senders
-            .into_iter()
-            .flat_map(|s| s.join().expect("sender thread"))
             .collect()
     });
     let took = start.elapsed();
