@@ -232,6 +232,23 @@ impl Conn {
         self.read_response_to("POST")
     }
 
+    /// Sends E1-style `req` behind `Expect: 100-continue`: the head alone, then (after the
+    /// interim response) `body`. Returns the interim and the final response.
+    pub fn send_expecting_continue(&mut self, req: &Request, body: &[u8]) -> (Response, Response) {
+        let head = req
+            .clone()
+            .header("Expect", "100-continue")
+            .header("Content-Length", &body.len().to_string())
+            .body("");
+        self.write_raw(&head.to_bytes()).expect("write head");
+        let interim = self
+            .read_message()
+            .expect("an interim response before the body");
+        self.write_raw(body).expect("write body");
+        let last = self.read_response().expect("final response");
+        (interim, last)
+    }
+
     /// Reads exactly one response message, which may be an interim 1xx.
     pub fn read_message(&mut self) -> io::Result<Response> {
         self.read_message_to("POST")

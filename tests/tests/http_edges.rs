@@ -115,20 +115,9 @@ fn expect_100_continue_gets_interim_response(driver: Driver) {
     let (dut, s1) = c1_to_sink(driver, &[]);
     let mut conn = dut.connect();
     conn.set_read_timeout(Duration::from_secs(3));
-    let head = e1()
-        .header("Expect", "100-continue")
-        .header("Content-Length", "7")
-        .body("");
-
-    conn.write_raw(&head.to_bytes()).expect("write head");
-    let interim = conn
-        .read_message()
-        .expect("an interim response before the body");
+    let (interim, last) = conn.send_expecting_continue(&e1(), br#"{"k":1}"#);
     interim.assert_status(100);
-    conn.write_raw(br#"{"k":1}"#).expect("write body");
-    conn.read_response()
-        .expect("final response")
-        .assert_status(202);
+    last.assert_status(202);
 
     assert_binary_e1(&s1.wait_for(1, DELIVERY)[0]);
 }

@@ -345,14 +345,9 @@ fn interim_100_is_not_recorded(driver: Driver) {
     let maddr = metrics_addr(&dut);
     let mut conn = dut.connect();
     conn.set_read_timeout(Duration::from_secs(3));
-    let head = e1()
-        .header("Expect", "100-continue")
-        .header("Content-Length", "7")
-        .body("");
-    conn.write_raw(&head.to_bytes()).expect("write head");
-    conn.read_message().expect("interim").assert_status(100);
-    conn.write_raw(br#"{"k":1}"#).expect("write body");
-    conn.read_response().expect("final").assert_status(202);
+    let (interim, last) = conn.send_expecting_continue(&e1(), br#"{"k":1}"#);
+    interim.assert_status(100);
+    last.assert_status(202);
 
     let text = scrape(maddr);
     assert_value(&text, "imc_events_received_total", &["code=\"202\""], 1.0);
