@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The InMemoryChannel demo on one machine, no cluster: an event display subscriber, the real
-# imc-dispatcher serving config/examples/demo.yaml, and one CloudEvent sent with curl. Prints what
-# the sender got back and what the subscriber saw, then stops everything it started.
+# The InMemoryChannel demo on one machine, no cluster: an event display subscriber (`imc-loadgen
+# sink --display`), the real imc-dispatcher serving config/examples/demo.yaml, and one CloudEvent
+# sent with curl. Prints what the sender got back and what the subscriber saw, then stops
+# everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q -p imc-dispatcher --bin imc-dispatcher --example event-display
+cargo build -q -p imc-dispatcher -p imc-loadgen
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 LOG=$(mktemp)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "$LOG"' EXIT
 
-"$BIN/examples/event-display" 127.0.0.1:8081 > "$LOG" 2>&1 & pids+=($!)
+"$BIN/imc-loadgen" sink --display --listen 127.0.0.1:8081 > "$LOG" 2>&1 & pids+=($!)
 "$BIN/imc-dispatcher" --channels config/examples/demo.yaml --listen 127.0.0.1:8080 \
   --metrics-listen 127.0.0.1:0 --workers 2 & pids+=($!)
 

@@ -433,18 +433,24 @@ fn ingress_addr(line: &str) -> Option<SocketAddr> {
 
 /// `IMC_DISPATCHER_BIN`, else `imc-dispatcher` next to the test binary's `deps/` directory.
 fn binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("IMC_DISPATCHER_BIN") {
+    project_binary("imc-dispatcher", "IMC_DISPATCHER_BIN")
+}
+
+/// `$env`, else the workspace binary `name` next to the test binary's `deps/` directory (`cargo
+/// test --workspace` builds every binary of the workspace first).
+pub fn project_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env) {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().expect("current test executable");
     let bin = exe
         .parent()
         .and_then(Path::parent)
-        .map(|dir| dir.join("imc-dispatcher"))
+        .map(|dir| dir.join(name))
         .expect("test executable lives in target/<profile>/deps");
     assert!(
         bin.is_file(),
-        "{} not found: run `cargo build -p imc-dispatcher` first (or set IMC_DISPATCHER_BIN)",
+        "{} not found: run `cargo build --workspace` first (or set {env})",
         bin.display()
     );
     bin

@@ -14,6 +14,7 @@
 //!   transformer) as sink scripts.
 //! - [`client`]: a raw HTTP/1.1 client that can also write arbitrary bytes and see a close, and a
 //!   reconnecting keep-alive client for load.
+//! - [`loadgen`]: `imc-loadgen sink` as a process, for load through the dispatcher.
 //! - [`fixtures`]: channel C1 and event E1 from contract §7, and the "delivered as binary E1" check.
 //! - [`text`]: base64, JSON strings and HTTP dates, for expected values.
 //! - `wire`: reading HTTP/1.1 messages, shared by the client and the sinks.
@@ -25,6 +26,7 @@ pub mod apps;
 pub mod client;
 pub mod dut;
 pub mod fixtures;
+pub mod loadgen;
 pub mod manifest;
 pub mod sink;
 pub mod text;
@@ -39,6 +41,7 @@ pub use dut::{kube_probe, Driver, Dut, DutBuilder};
 pub use fixtures::{
     assert_binary_e1, assert_binary_e1_with_id, assert_e1_event, c1, e1, structured, C1_HOST,
 };
+pub use loadgen::{loadgen_binary, LoadgenSink};
 pub use manifest::{channels_list_yaml, channels_yaml, Channel, Sub, ASYNC_HANDLER};
 pub use sink::{per_id, Recorded, Reply, Sink};
 pub use text::{base64, base64_decode};
