@@ -4,6 +4,8 @@
 # CloudEvents, the same Host header and connection counts. Each measurement follows an unrecorded
 # warm-up of the same tool; the tools alternate within every repetition. Prints requests/s
 # (medians) and imc-loadgen's ratio to wrk; exits 1 if imc-loadgen (io_uring) is below 95% of wrk.
+# As in the rig, each measurement waits for a quiet machine (other load below MAX_BUSY, 10%) and is
+# redone (up to 4 times) if other processes used more than MAX_FOREIGN (1 s) of CPU during it.
 #
 #   bench/loadgen-vs-wrk.sh [-r REPS] [-d DUR] [-c "64 8"]
 #
@@ -65,32 +67,63 @@ done
 URL="http://127.0.0.1:$PORT/"
 export CE_HOST=$HOST CE_PATH=/
 
-run_wrk() { # conc dur -> requests/s
-  taskset -c 1 wrk -t1 -c"$1" -d"$2" -s "$LUA" "$URL" > "$OUT/wrk.txt"
-  awk '/^Requests\/sec:/ { print $2 }' "$OUT/wrk.txt"
-}
-run_loadgen() { # conc dur driver -> requests/s
-  taskset -c 1 "$LOADGEN" send "$URL" --host "$HOST" -c "$1" -d "$2" --size 1024 \
-    --io-driver "$3" --json -q > "$OUT/loadgen.json"
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rps"])' "$OUT/loadgen.json"
+LIB="python3 ../shared/bench/benchlib.py"
+MAX_BUSY=${MAX_BUSY:-0.10}
+MAX_FOREIGN=${MAX_FOREIGN:-1.0}
+
+wait_quiet() {
+  local tries=0 busy
+  while :; do
+    busy=$($LIB sysbusy 3 | sed -E 's/^cpu=([0-9.]+).*/\1/')
+    awk -v b="$busy" -v m="$MAX_BUSY" 'BEGIN{exit !(b<=m)}' && return 0
+    tries=$((tries + 1))
+    [ $tries -ge 40 ] && { echo "machine still busy ($busy); measuring anyway" >&2; return 0; }
+    sleep 5
+  done
 }
 
-printf "tool\tdriver\tconc\trep\trps\n" > "$OUT/raw.tsv"
+load() { # tool conc dur driver: one run pinned to core 1, its CPU seconds in $OUT/cpu.txt
+  if [ "$1" = wrk ]; then
+    taskset -c 1 /usr/bin/time -f '%U %S' -o "$OUT/cpu.txt" \
+      wrk -t1 -c"$2" -d"$3" -s "$LUA" "$URL" > "$OUT/wrk.txt"
+    awk '/^Requests\/sec:/ { print $2 }' "$OUT/wrk.txt"
+  else
+    taskset -c 1 /usr/bin/time -f '%U %S' -o "$OUT/cpu.txt" \
+      "$LOADGEN" send "$URL" --host "$HOST" -c "$2" -d "$3" --size 1024 --io-driver "$4" --json -q \
+      > "$OUT/loadgen.json"
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rps"])' "$OUT/loadgen.json"
+  fi
+}
+
+measure() { # tool conc driver -> requests/s of an undisturbed run
+  local attempt rps s0 s1 n0 n1 foreign
+  for attempt in 1 2 3 4; do
+    wait_quiet
+    load "$1" "$2" "$WARM" "$3" > /dev/null
+    s0=$($LIB cpustat); n0=$($LIB tree "$NGINX" | cut -d' ' -f1)
+    rps=$(load "$1" "$2" "$DUR" "$3")
+    s1=$($LIB cpustat); n1=$($LIB tree "$NGINX" | cut -d' ' -f1)
+    # CPU used by anything but nginx and the load generator during the run (as rig.sh counts it).
+    foreign=$(echo "$s0 $s1 $n0 $n1 $(cat "$OUT/cpu.txt")" |
+      awk '{ printf "%.2f", ($7 - $3) + ($8 - $4) - ($10 - $9) - $11 - $12 }')
+    if awk -v f="$foreign" -v m="$MAX_FOREIGN" 'BEGIN{exit !(f<=m)}' || [ $attempt = 4 ]; then
+      echo "$rps $foreign"
+      return
+    fi
+    echo "$1 $3 c=$2: other load used ${foreign}s of CPU during the run; measuring again" >&2
+  done
+}
+
+printf "tool\tdriver\tconc\trep\trps\tforeign_cpu_s\n" > "$OUT/raw.tsv"
 for c in $CONCS; do
   for rep in $(seq 1 "$REPS"); do
     # Alternate which tool goes first, so a drift in the machine's state does not favour one.
     order="wrk io-uring epoll"
     [ $((rep % 2)) = 0 ] && order="epoll io-uring wrk"
     for tool in $order; do
-      if [ "$tool" = wrk ]; then
-        run_wrk "$c" "$WARM" > /dev/null
-        rps=$(run_wrk "$c" "$DUR")
-        printf "wrk\t-\t%s\t%s\t%s\n" "$c" "$rep" "$rps" | tee -a "$OUT/raw.tsv"
-      else
-        run_loadgen "$c" "$WARM" "$tool" > /dev/null
-        rps=$(run_loadgen "$c" "$DUR" "$tool")
-        printf "imc-loadgen\t%s\t%s\t%s\t%s\n" "$tool" "$c" "$rep" "$rps" | tee -a "$OUT/raw.tsv"
-      fi
+      if [ "$tool" = wrk ]; then set -- wrk -; else set -- imc-loadgen "$tool"; fi
+      read -r rps foreign < <(measure "$1" "$c" "$2")
+      printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$1" "$2" "$c" "$rep" "$rps" "$foreign" | tee -a "$OUT/raw.tsv"
     done
   done
 done
@@ -99,7 +132,7 @@ python3 - "$OUT/raw.tsv" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
 med = {}
-for tool, driver, conc, rep, rps in rows:
+for tool, driver, conc, rep, rps, _ in rows:
     med.setdefault((conc, tool if tool == "wrk" else driver), []).append(float(rps))
 ok = True
 print(f"{'conc':>4} {'wrk req/s':>10} {'loadgen io_uring':>17} {'ratio':>6} {'loadgen epoll':>14} {'ratio':>6}")
