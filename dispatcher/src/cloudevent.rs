@@ -131,6 +131,13 @@ pub fn is_passthrough(name: &[u8]) -> bool {
     fn starts_with_ci(s: &[u8], p: &[u8]) -> bool {
         s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p)
     }
+    // Most headers of an event (`ce-*`, `content-*`, `host`) are out at the first letter.
+    if !matches!(
+        name.first().map(u8::to_ascii_lowercase),
+        Some(b'k' | b'x' | b'r' | b't' | b'b')
+    ) {
+        return false;
+    }
     starts_with_ci(name, b"knative-")
         || starts_with_ci(name, b"x-b3-")
         || name.eq_ignore_ascii_case(b"x-request-id")
@@ -233,11 +240,13 @@ fn write_binary(
     content_type: Option<&[u8]>,
     out: &mut BytesMut,
 ) -> Result<(), CeError> {
-    // Only the first value of a repeated header counts (contract §2.2).
+    // Only the first value of a repeated header counts (contract §2.2). Names of another length
+    // are skipped without being looked at.
     let first = |i: usize, attr: &[u8]| {
-        !headers[..i]
-            .iter()
-            .any(|h| ce_name(head, h).is_some_and(|n| n.eq_ignore_ascii_case(attr)))
+        !headers[..i].iter().any(|h| {
+            h.name.len() == CE_PREFIX.len() + attr.len()
+                && ce_name(head, h).is_some_and(|n| n.eq_ignore_ascii_case(attr))
+        })
     };
     let spec = headers
         .iter()

@@ -4,9 +4,11 @@
 //!
 //! Budget: never copies the body or the event head: every subscriber's request is the shared
 //! head and body behind its own prefix. With one subscriber nothing is allocated; with more, one
-//! vector of futures per event. Timers (retry backoff, per-attempt timeout) live on the worker's
-//! runtime: a waiting retry costs no thread and no copy.
+//! array of futures per event (their results are folded into one flag, not collected). Timers
+//! (retry backoff, per-attempt timeout) live on the worker's runtime: a waiting retry costs no
+//! thread and no copy.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -53,10 +55,19 @@ pub async fn fan_out(w: &Worker, chan: &Channel, ev: &OutEvent) -> bool {
     match &*chan.subscribers {
         [] => true,
         [one] => chain(w, chan, one, ev).await,
-        many => join_all(many.iter().map(|s| chain(w, chan, s, ev)))
-            .await
-            .into_iter()
-            .all(|ok| ok),
+        many => {
+            // Each chain folds its result into one flag, so that `join_all` collects `()`s (a
+            // vector of a zero-sized type does not allocate): the array of the futures
+            // themselves is the only allocation of a multi-subscriber event.
+            let all_ok = Cell::new(true);
+            join_all(many.iter().map(|s| async {
+                if !chain(w, chan, s, ev).await {
+                    all_ok.set(false);
+                }
+            }))
+            .await;
+            all_ok.get()
+        }
     }
 }
 

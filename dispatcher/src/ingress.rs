@@ -102,11 +102,12 @@ impl Connection {
         let Some(p) = self.pending.take() else {
             return;
         };
-        let status = answer
-            .get(9..12)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(0);
+        let status = match answer.get(9..12) {
+            Some(&[a, b, c]) if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+                u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+            }
+            _ => 0,
+        };
         let w = &self.worker;
         let elapsed = p.start.elapsed();
         match &p.channel {
