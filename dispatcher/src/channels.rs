@@ -12,12 +12,15 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::imc::{ChannelConfig, Imc};
+use crate::routing::Prepared;
 
 /// Where a channel came from, so that a file that stops parsing keeps its previous channels.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub origin: PathBuf,
     pub config: Arc<ChannelConfig>,
+    /// The routing entry every worker wraps, prepared here, off the cores.
+    pub prepared: Arc<Prepared>,
 }
 
 /// Every served channel, keyed by `<namespace>/<name>`.
@@ -93,12 +96,17 @@ impl ChannelSet {
                     continue;
                 }
                 let entry = match ChannelConfig::from_imc(imc, opts.cluster_domain) {
-                    Ok(config) => Entry {
-                        origin: file.path.clone(),
-                        // Unchanged channels keep their allocation (and so their identity).
-                        config: match previous {
-                            Some(p) if *p.config == config => p.config.clone(),
-                            _ => Arc::new(config),
+                    // Unchanged channels keep their allocations (and so their identity).
+                    Ok(config) => match previous {
+                        Some(p) if *p.config == config => Entry {
+                            origin: file.path.clone(),
+                            config: p.config.clone(),
+                            prepared: p.prepared.clone(),
+                        },
+                        _ => Entry {
+                            origin: file.path.clone(),
+                            prepared: Arc::new(Prepared::new(&key, &config)),
+                            config: Arc::new(config),
                         },
                     },
                     Err(reason) => {

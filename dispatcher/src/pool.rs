@@ -6,7 +6,8 @@
 //! pool and is cached), and allocates nothing per request once connections are warm: each
 //! connection keeps its read buffer and its iovec array. A request is the target's prefix, the
 //! event head (for a dead-letter request: the attributes and then the error extensions), and the
-//! body, written with one `writev`.
+//! body, written with one `writev`. Finding a target's idle connections does not hash: each
+//! [`Dest`] keeps a handle to its authority's idle list, looked up once per routing table.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -138,9 +139,14 @@ struct DnsEntry {
     expires: Instant,
 }
 
+/// The idle connections to one authority (`host:port`), most recently used last. Every [`Dest`]
+/// of a worker that points at that authority holds the same list (see [`Dest::idle`]).
+#[derive(Default)]
+pub struct IdleList(RefCell<Vec<Conn>>);
+
 /// One worker's connections to every upstream authority.
 pub struct Pool {
-    idle: RefCell<HashMap<Rc<str>, Vec<Conn>>>,
+    idle: RefCell<HashMap<Rc<str>, Rc<IdleList>>>,
     dns: RefCell<HashMap<Rc<str>, DnsEntry>>,
     max_idle_per_host: usize,
     max_response_body: usize,
@@ -178,7 +184,8 @@ impl Pool {
                 dest.url
             )));
         }
-        let pooled = self.take(&dest.key);
+        let idle = self.idle_list(dest);
+        let pooled = self.take(idle);
         let stats = if pooled.is_some() {
             &self.stats.pool_hits
         } else {
@@ -189,7 +196,7 @@ impl Pool {
             match self.exchange(&mut conn, dest, [head, extra, body]).await {
                 Ok((resp, keep)) => {
                     if keep {
-                        self.put(dest, conn);
+                        self.put(idle, conn);
                     }
                     return Ok(resp);
                 }
@@ -201,7 +208,7 @@ impl Pool {
         match self.exchange(&mut conn, dest, [head, extra, body]).await {
             Ok((resp, keep)) => {
                 if keep {
-                    self.put(dest, conn);
+                    self.put(idle, conn);
                 }
                 Ok(resp)
             }
@@ -210,9 +217,21 @@ impl Pool {
         }
     }
 
-    fn take(&self, key: &str) -> Option<Conn> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(key)?;
+    /// The idle list of `dest`'s authority: a map lookup the first time this `Dest` (of this
+    /// routing table) is used, then the handle it keeps. A worker has one pool, so the handle a
+    /// `Dest` caches is always into this pool's map.
+    fn idle_list<'d>(&self, dest: &'d Dest) -> &'d IdleList {
+        dest.idle.get_or_init(|| {
+            self.idle
+                .borrow_mut()
+                .entry(dest.key.as_ref().into())
+                .or_default()
+                .clone()
+        })
+    }
+
+    fn take(&self, idle: &IdleList) -> Option<Conn> {
+        let mut list = idle.0.borrow_mut();
         // Most recently used first; anything older than the freshest expired one is older still.
         let conn = list.pop()?;
         let idle = &self.stats.pool_idle;
@@ -226,9 +245,8 @@ impl Pool {
         }
     }
 
-    fn put(&self, dest: &Dest, mut conn: Conn) {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(dest.key.clone()).or_default();
+    fn put(&self, idle: &IdleList, mut conn: Conn) {
+        let mut list = idle.0.borrow_mut();
         if list.len() < self.max_idle_per_host {
             conn.idle_since = Instant::now();
             list.push(conn);
@@ -238,7 +256,7 @@ impl Pool {
 
     async fn resolve(&self, dest: &Dest) -> Result<Rc<[SocketAddr]>, Failure> {
         let now = Instant::now();
-        if let Some(e) = self.dns.borrow().get(&dest.key) {
+        if let Some(e) = self.dns.borrow().get(&*dest.key) {
             if e.expires > now {
                 return Ok(e.addrs.clone());
             }
@@ -272,7 +290,7 @@ impl Pool {
         };
         let addrs: Rc<[SocketAddr]> = addrs.into();
         self.dns.borrow_mut().insert(
-            dest.key.clone(),
+            dest.key.as_ref().into(),
             DnsEntry {
                 addrs: addrs.clone(),
                 expires: now + ttl,
@@ -333,15 +351,19 @@ impl Pool {
 
         let mut got_any = !conn.buf.is_empty();
         let rh = loop {
-            match parse_response(&conn.buf, MAX_RESPONSE_HEAD) {
-                // Interim responses (100 Continue and friends) are skipped.
-                Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                    conn.buf.advance(h.len);
-                    continue;
+            // An empty buffer (the usual case right after the request went out) cannot hold a
+            // head: read first instead of parsing nothing.
+            if !conn.buf.is_empty() {
+                match parse_response(&conn.buf, MAX_RESPONSE_HEAD) {
+                    // Interim responses (100 Continue and friends) are skipped.
+                    Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                        conn.buf.advance(h.len);
+                        continue;
+                    }
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(e) => return Err(fail(Failure::Protocol(e))),
                 }
-                Ok(Some(h)) => break h,
-                Ok(None) => {}
-                Err(e) => return Err(fail(Failure::Protocol(e))),
             }
             match conn.read_more(READ_CHUNK).await {
                 Ok(0) if got_any => {

@@ -1,34 +1,42 @@
 //! The per-worker routing table: channel host and `<ns>/<name>` to a channel (contract §2.1, §4.3).
 //!
 //! Budget: a lookup never allocates (the path key is a slice of the request target) and touches
-//! no atomic: each worker builds its own table, with `Rc` handles and its own request prefixes, from
-//! the shared immutable [`ChannelSet`] when a new generation is published.
+//! no atomic. Each worker has its own table, with `Rc` handles and its own metric series and pool
+//! handles. Everything that costs to build (names, pool keys, the request prefix of every target)
+//! is [`Prepared`] once per channel change, off the cores, when the [`ChannelSet`] is built; a
+//! worker installing a new generation only wraps the shared parts (two allocations per channel,
+//! no string copied or formatted).
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::channels::ChannelSet;
 use crate::delivery::DeliveryPolicy;
-use crate::imc::Target;
+use crate::imc::{ChannelConfig, Target};
 use crate::metrics::{IngressSeries, SubscriberNames, SubscriberSeries, TargetSeries};
+use crate::pool::IdleList;
 
-/// A delivery target on this worker: its pool key and the fixed start of every request to it.
-pub struct Dest {
-    pub url: Rc<str>,
+/// A delivery target as every worker shares it: its pool key and the fixed start of every
+/// request to it. Built off the cores; read-only after that.
+#[derive(Debug)]
+pub struct DestSpec {
+    pub url: Box<str>,
     /// `host:port`: the connection pool key.
-    pub key: Rc<str>,
-    pub host: Rc<str>,
+    pub key: Box<str>,
+    pub host: Box<str>,
     pub port: u16,
     pub tls: bool,
-    /// `POST <path> HTTP/1.1`, `Host`, and the per-channel headers, written once per table.
+    /// `POST <path> HTTP/1.1`, `Host`, and the per-channel headers, written once per change.
     pub prefix: Bytes,
-    pub series: TargetSeries,
 }
 
-impl Dest {
-    fn new(t: &Target, namespace: &str, prefer_reply: bool) -> Dest {
+impl DestSpec {
+    fn new(t: &Target, namespace: &str, prefer_reply: bool) -> DestSpec {
         let mut p =
             BytesMut::with_capacity(64 + t.path.len() + t.authority.len() + namespace.len());
         p.put_slice(b"POST ");
@@ -43,22 +51,101 @@ impl Dest {
         p.put_slice(b"Kn-Namespace: ");
         p.put_slice(namespace.as_bytes());
         p.put_slice(b"\r\n");
-        Dest {
+        DestSpec {
             url: t.url.as_str().into(),
             key: format!("{}:{}", t.host, t.port).into(),
             host: t.host.as_str().into(),
             port: t.port,
             tls: t.tls,
             prefix: p.freeze(),
+        }
+    }
+}
+
+/// A delivery target on this worker: the shared [`DestSpec`] (its fields read through `Deref`)
+/// and this worker's state for it.
+pub struct Dest {
+    spec: Arc<DestSpec>,
+    pub series: TargetSeries,
+    /// This worker's idle connections to `key`, resolved by the pool on first use.
+    pub idle: OnceCell<Rc<IdleList>>,
+}
+
+impl Dest {
+    fn new(spec: &Arc<DestSpec>) -> Dest {
+        Dest {
+            spec: spec.clone(),
             series: TargetSeries::default(),
+            idle: OnceCell::new(),
+        }
+    }
+}
+
+impl Deref for Dest {
+    type Target = DestSpec;
+
+    fn deref(&self) -> &DestSpec {
+        &self.spec
+    }
+}
+
+/// What a worker's table needs of one channel, prepared once per change of the channel, off the
+/// cores (by [`ChannelSet::build`]), and shared by every worker.
+#[derive(Debug)]
+pub struct Prepared {
+    namespace: Arc<str>,
+    name: Arc<str>,
+    host: Arc<str>,
+    /// The `<ns>/<name>` key.
+    path: Arc<str>,
+    async_handler: bool,
+    subscribers: Box<[PreparedSubscriber]>,
+}
+
+#[derive(Debug)]
+struct PreparedSubscriber {
+    uid: Arc<str>,
+    name: Arc<str>,
+    target: Option<Arc<DestSpec>>,
+    reply: Option<Arc<DestSpec>>,
+    dead_letter: Option<Arc<DestSpec>>,
+    policy: Option<DeliveryPolicy>,
+}
+
+impl Prepared {
+    /// `key` is the channel's `<ns>/<name>`.
+    pub fn new(key: &str, c: &ChannelConfig) -> Prepared {
+        let ns = c.namespace.as_str();
+        let spec = |t: &Option<Target>, prefer_reply| {
+            t.as_ref()
+                .map(|t| Arc::new(DestSpec::new(t, ns, prefer_reply)))
+        };
+        Prepared {
+            namespace: ns.into(),
+            name: c.name.as_str().into(),
+            host: c.host.as_str().into(),
+            path: key.into(),
+            async_handler: c.async_handler,
+            subscribers: c
+                .subscribers
+                .iter()
+                .map(|s| PreparedSubscriber {
+                    uid: s.uid.as_str().into(),
+                    name: s.name.as_deref().unwrap_or(&s.uid).into(),
+                    target: spec(&s.target, true),
+                    reply: spec(&s.reply, false),
+                    dead_letter: spec(&s.dead_letter, false),
+                    policy: s.policy,
+                })
+                .collect(),
         }
     }
 }
 
 pub struct Subscriber {
-    pub uid: Rc<str>,
+    pub uid: Arc<str>,
     /// The Subscription's name for metric labels (its uid when the manifest has none).
-    pub name: Rc<str>,
+    pub name: Arc<str>,
     pub series: SubscriberSeries,
     pub target: Option<Dest>,
     pub reply: Option<Dest>,
@@ -67,8 +154,8 @@ pub struct Subscriber {
 }
 
 pub struct Channel {
-    pub namespace: Rc<str>,
-    pub name: Rc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub async_handler: bool,
     pub subscribers: Box<[Subscriber]>,
     pub ingress: IngressSeries,
@@ -87,9 +174,19 @@ impl Channel {
 /// One worker's view of the channel set.
 #[derive(Default)]
 pub struct Table {
-    hosts: HashMap<Box<str>, Rc<Channel>>,
-    paths: HashMap<Box<str>, Rc<Channel>>,
+    hosts: HashMap<Arc<str>, Rc<Channel>, KeyHash>,
+    paths: HashMap<Arc<str>, Rc<Channel>, KeyHash>,
 }
+
+/// The hasher of the routing maps: foldhash (a folded multiply per 8 bytes, seeded per map)
+/// instead of SipHash, which costs several times more on a 40-byte host.
+///
+/// Why a hasher without SipHash's flooding resistance is safe here: only the operator's channel
+/// set ever inserts into these maps. Request data (`Host`, path) is only looked up, and a lookup
+/// can hit or miss but never lengthen a probe sequence: its cost is bounded by the chains the
+/// channel set itself formed, whatever key a client sends. The random seed still keeps the
+/// layout of those chains unpredictable from outside.
+type KeyHash = foldhash::fast::RandomState;
 
 /// How a request target names its channel.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,10 +200,17 @@ pub enum Key<'a> {
 /// Classifies a request target (contract §2.1): `/` routes by host; `/<ns>/<name>` (one trailing
 /// slash allowed, query ignored) routes by path; anything else is a 400.
 pub fn key_of(target: &str) -> Option<Key<'_>> {
-    // Absolute-form targets (`http://host/path`) route by their path.
-    let target = match target.split_once("://") {
-        Some((scheme, rest)) if !scheme.contains('/') => rest.find('/').map_or("/", |i| &rest[i..]),
-        _ => target,
+    // Absolute-form targets (`http://host/path`) route by their path. An origin-form target (the
+    // usual `/…`) cannot be one: a `://` in it would follow a `/`, so it is not searched for.
+    let target = if target.starts_with('/') {
+        target
+    } else {
+        match target.split_once("://") {
+            Some((scheme, rest)) if !scheme.contains('/') => {
+                rest.find('/').map_or("/", |i| &rest[i..])
+            }
+            _ => target,
+        }
     };
     let path = target.split(['?', '#']).next().unwrap_or("");
     if path == "/" {
@@ -133,25 +237,32 @@ pub fn host_without_port(host: &str) -> &str {
 }
 
 impl Table {
+    /// Wraps the prepared channels of `set` for this worker. Runs on the worker core, between
+    /// requests: per channel, two allocations (the channel and its subscribers), reference-count
+    /// increments and two map inserts into maps sized up front.
     pub fn build(set: &ChannelSet) -> Table {
-        let mut t = Table::default();
-        for (key, entry) in &set.channels {
-            let c = &entry.config;
-            let ns = c.namespace.as_str();
+        let n = set.channels.len();
+        let mut t = Table {
+            hosts: HashMap::with_capacity_and_hasher(n, KeyHash::default()),
+            paths: HashMap::with_capacity_and_hasher(n, KeyHash::default()),
+        };
+        let dest = |d: &Option<Arc<DestSpec>>| d.as_ref().map(Dest::new);
+        for entry in set.channels.values() {
+            let p = &*entry.prepared;
             let chan = Rc::new(Channel {
-                namespace: ns.into(),
-                name: c.name.as_str().into(),
-                async_handler: c.async_handler,
-                subscribers: c
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                async_handler: p.async_handler,
+                subscribers: p
                     .subscribers
                     .iter()
                     .map(|s| Subscriber {
-                        uid: s.uid.as_str().into(),
-                        name: s.name.as_deref().unwrap_or(&s.uid).into(),
+                        uid: s.uid.clone(),
+                        name: s.name.clone(),
                         series: SubscriberSeries::default(),
-                        target: s.target.as_ref().map(|t| Dest::new(t, ns, true)),
-                        reply: s.reply.as_ref().map(|t| Dest::new(t, ns, false)),
-                        dead_letter: s.dead_letter.as_ref().map(|t| Dest::new(t, ns, false)),
+                        target: dest(&s.target),
+                        reply: dest(&s.reply),
+                        dead_letter: dest(&s.dead_letter),
                         policy: s.policy,
                     })
                     .collect(),
@@ -159,9 +270,9 @@ impl Table {
             });
             // The first channel to claim a host keeps it (the set builder logged the conflict).
             t.hosts
-                .entry(c.host.as_str().into())
+                .entry(p.host.clone())
                 .or_insert_with(|| chan.clone());
-            t.paths.insert(key.as_str().into(), chan);
+            t.paths.insert(p.path.clone(), chan);
         }
         t
     }
@@ -215,7 +326,7 @@ mod tests {
     #[test]
     fn subscriber_prefix_is_complete() {
         let t = Target::parse("http://sink.ns.svc:8080/p?q=1").unwrap();
-        let d = Dest::new(&t, "ns", true);
+        let d = DestSpec::new(&t, "ns", true);
         assert_eq!(
             &d.prefix[..],
             b"POST /p?q=1 HTTP/1.1\r\nHost: sink.ns.svc:8080\r\nPrefer: reply\r\nKn-Namespace: ns\r\n"
