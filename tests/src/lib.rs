@@ -1,8 +1,8 @@
 //! End-to-end tests for imc-rs: the real `imc-dispatcher` process against real HTTP sinks, over
 //! real sockets. Expected values follow `shared/imc-contract.md` with its decisions D1-D16 applied.
 //!
-//! Run with `cargo build -p imc-dispatcher && cargo test -p imc-e2e` (or point
-//! `IMC_DISPATCHER_BIN` at a binary).
+//! Run with `cargo test --workspace`, or `cargo build -p imc-dispatcher -p imc-loadgen && cargo
+//! test -p imc-e2e` (or point `IMC_DISPATCHER_BIN` and `IMC_LOADGEN_BIN` at binaries).
 //!
 //! # Layout
 //!
