@@ -30,11 +30,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 RIG=../shared/bench/rig.sh
-[ -x "$RIG" ] || { echo "$RIG not found (the shared benchmark rig sits beside the project)" >&2; exit 2; }
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk
-fi
+. bench/rig-tools.sh
+need_rig rig.sh
 cargo build --release -p imc-dispatcher
 export BENCH_RESULTS=$PWD/target/bench-results/e2e
 rm -rf "$BENCH_RESULTS"; mkdir -p "$BENCH_RESULTS"

@@ -28,11 +28,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 LUA=../shared/bench/ce.lua
-[ -f "$LUA" ] || { echo "$LUA not found (the shared benchmark rig sits beside the project)" >&2; exit 2; }
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk
-fi
+. bench/rig-tools.sh
+need_rig ce.lua
 cargo build --release -q -p imc-loadgen
 LOADGEN=${CARGO_TARGET_DIR:-target}/release/imc-loadgen
 OUT=$PWD/target/bench-results/loadgen-vs-wrk
