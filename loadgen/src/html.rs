@@ -231,12 +231,21 @@ fn timeline_svg(tl: &[Second]) -> String {
         return NO_DATA.into();
     }
     let n = tl.len() as f64;
-    let max_req = tl
-        .iter()
-        .map(|x| x.requests.max(x.errors))
-        .max()
-        .unwrap_or(0);
-    let (rstep, rtop) = nice_axis(max_req as f64);
+    // Per-second rates: the last entry may cover only part of a second (the run ended inside it).
+    let span = |i: usize| {
+        let prev = if i == 0 { 0.0 } else { tl[i - 1].t };
+        let d = tl[i].t - prev;
+        if d.is_finite() && d > 0.05 {
+            d.min(1.0)
+        } else {
+            1.0
+        }
+    };
+    let rate = |i: usize, count: u64| count as f64 / span(i);
+    let max_req = (0..tl.len())
+        .map(|i| rate(i, tl[i].requests.max(tl[i].errors)))
+        .fold(0.0, f64::max);
+    let (rstep, rtop) = nice_axis(max_req);
     let max_p99 = tl
         .iter()
         .map(|x| x.p99_us / 1000.0)
@@ -275,7 +284,7 @@ fn timeline_svg(tl: &[Second]) -> String {
     let mut errs = 0;
     for (i, x) in tl.iter().enumerate() {
         let x0 = ML + i as f64 * slot + (slot - bw) / 2.0;
-        let h = x.requests as f64 / rtop * PH;
+        let h = rate(i, x.requests) / rtop * PH;
         let _ = write!(
             s,
             "<rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{h:.1}\" fill=\"#9cc3e6\">\
@@ -291,7 +300,7 @@ fn timeline_svg(tl: &[Second]) -> String {
         if x.errors > 0 {
             errs += 1;
             // Never thinner than 3 units, so a few errors among many requests still show.
-            let h = (x.errors as f64 / rtop * PH).max(3.0);
+            let h = (rate(i, x.errors) / rtop * PH).max(3.0);
             let _ = write!(
                 s,
                 "<rect class=\"err\" x=\"{x0:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{h:.1}\" fill=\"#d62728\">\
@@ -519,6 +528,25 @@ mod tests {
             percentiles,
             timeline,
         }
+    }
+
+    /// A final partial second is drawn as a rate: 500 requests in half a second is as tall a
+    /// bar as 1,000 in a whole one.
+    #[test]
+    fn partial_last_second_is_a_rate() {
+        let second = |t: f64, requests: u64| Second {
+            t,
+            requests,
+            ..Second::default()
+        };
+        let svg = timeline_svg(&[second(1.0, 1000), second(1.5, 500)]);
+        let heights: Vec<&str> = svg
+            .split("fill=\"#9cc3e6\"")
+            .filter_map(|r| r.rsplit("height=\"").next()?.split('"').next())
+            .take(2)
+            .collect();
+        assert_eq!(heights.len(), 2, "{svg}");
+        assert_eq!(heights[0], heights[1], "{svg}");
     }
 
     fn empty() -> RunReport {
