@@ -123,6 +123,9 @@ pub struct SinkReport {
     pub duplicate_ids: Vec<String>,
     /// Accepted ids outside the expected range.
     pub unexpected: u64,
+    /// Accepted deliveries whose id could not be tracked (past the per-thread bound of distinct
+    /// ids outside the expected range): not checked for duplicates.
+    pub untracked: u64,
     /// Every expected id was accepted exactly once.
     pub complete: bool,
 }
@@ -162,6 +165,12 @@ impl SinkReport {
                 "  {} ids accepted more than once{}\n",
                 self.duplicates,
                 list(&self.duplicate_ids, self.duplicates)
+            );
+        }
+        if self.untracked > 0 {
+            s += &format!(
+                "  {} deliveries past the {OTHER_IDS_CAP} distinct ids tracked per thread were not checked for duplicates (use --expect)\n",
+                self.untracked
             );
         }
         s
@@ -224,8 +233,10 @@ impl Sink {
                 }
             }
         }
+        let mut untracked = 0;
         for o in &self.others {
             let o = o.lock().unwrap_or_else(|e| e.into_inner());
+            untracked += o.untracked;
             for (id, n) in &o.numeric {
                 if *n > 1 {
                     duplicates += 1;
@@ -263,6 +274,7 @@ impl Sink {
             duplicates,
             duplicate_ids,
             unexpected: sum(|c| &c.unexpected),
+            untracked,
             complete: self.opts.expect.is_some() && missing == 0 && duplicates == 0,
         }
     }
