@@ -8,10 +8,11 @@
 //! Accounting is on *accepted* deliveries (answered 2xx): a delivery the sink refused (a fault) is
 //! the dispatcher's to retry, so with faults injected every expected id must still be accepted
 //! exactly once. Ids in the `--expect START..END` range are counted in one array of atomic
-//! counters; others (ids from another sender, UUIDs) in a per-thread map, up to a bound.
+//! counters; others (ids from another sender, UUIDs) in maps sharded by id, up to a bound.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasher as _;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -34,8 +35,12 @@ const MAX_HEADERS: usize = 128;
 const MAX_BODY: u64 = 64 << 20;
 /// Ids listed in a report (the counts are always complete).
 const LISTED: usize = 20;
-/// Distinct ids outside the expected range tracked per thread; beyond it they are only counted.
+/// Distinct ids outside the expected range tracked in all; beyond it they are only counted.
 const OTHER_IDS_CAP: usize = 1 << 20;
+/// Shards of the ids outside the expected range. An id always lands in the same shard, whichever
+/// thread received it: a redelivery comes on any connection, so on any thread, and must still
+/// meet the first delivery's count.
+const SHARDS: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct SinkOpts {
@@ -79,7 +84,7 @@ struct Counters {
     last_ns: AtomicU64,
 }
 
-/// Ids seen outside the expected range, by thread.
+/// Ids seen outside the expected range, one shard of them.
 #[derive(Default)]
 struct OtherIds {
     numeric: HashMap<u64, u32>,
@@ -93,8 +98,11 @@ pub struct Sink {
     counters: Vec<Counters>,
     /// Accepted deliveries per id of the expected range.
     expected: Vec<AtomicU32>,
-    /// Locked only by its own thread on the request path (uncontended), and by a report.
+    /// Ids outside the expected range, in [`SHARDS`] shards by id (see [`Sink::shard`]): two
+    /// threads contend only when they accept ids of the same shard at the same moment.
     others: Vec<Mutex<OtherIds>>,
+    /// Picks the shard of a text id.
+    shard_hasher: std::collections::hash_map::RandomState,
     /// Ids of the expected range accepted at least once (for the completion check).
     distinct: AtomicU64,
     /// Where the listeners are bound.
@@ -123,8 +131,8 @@ pub struct SinkReport {
     pub duplicate_ids: Vec<String>,
     /// Accepted ids outside the expected range.
     pub unexpected: u64,
-    /// Accepted deliveries whose id could not be tracked (past the per-thread bound of distinct
-    /// ids outside the expected range): not checked for duplicates.
+    /// Accepted deliveries whose id could not be tracked (past the bound of distinct ids outside
+    /// the expected range): not checked for duplicates.
     pub untracked: u64,
     /// Every expected id was accepted exactly once.
     pub complete: bool,
@@ -169,7 +177,7 @@ impl SinkReport {
         }
         if self.untracked > 0 {
             s += &format!(
-                "  {} deliveries past the {OTHER_IDS_CAP} distinct ids tracked per thread were not checked for duplicates (use --expect)\n",
+                "  {} deliveries past the {OTHER_IDS_CAP} distinct ids tracked were not checked for duplicates (use --expect)\n",
                 self.untracked
             );
         }
@@ -311,14 +319,17 @@ impl Sink {
         if self.opts.expect.is_some() {
             c.unexpected.fetch_add(1, Ordering::Relaxed);
         }
-        let mut o = self.others[thread]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let shard = match id {
+            Id::Numeric(n) => (n % SHARDS as u64) as usize,
+            Id::Text(t) => (self.shard_hasher.hash_one(t) % SHARDS as u64) as usize,
+            Id::None => return,
+        };
+        let mut o = self.others[shard].lock().unwrap_or_else(|e| e.into_inner());
         let tracked = o.numeric.len() + o.text.len();
         match id {
             Id::Numeric(n) => match o.numeric.get_mut(&n) {
                 Some(k) => *k += 1,
-                None if tracked < OTHER_IDS_CAP => {
+                None if tracked < OTHER_IDS_CAP / SHARDS => {
                     o.numeric.insert(n, 1);
                 }
                 None => o.untracked += 1,
@@ -326,12 +337,12 @@ impl Sink {
             Id::Text(t) => match o.text.get_mut(t) {
                 Some(k) => *k += 1,
                 // An id that is not ours: its key is copied once, the first time it is seen.
-                None if tracked < OTHER_IDS_CAP => {
+                None if tracked < OTHER_IDS_CAP / SHARDS => {
                     o.text.insert(t.into(), 1);
                 }
                 None => o.untracked += 1,
             },
-            Id::None => {}
+            Id::None => unreachable!("returned above"),
         }
     }
 }
@@ -441,7 +452,8 @@ pub fn start(opts: SinkOpts) -> io::Result<Arc<Sink>> {
         start: Instant::now(),
         counters: (0..threads).map(|_| Counters::default()).collect(),
         expected: (0..expected_len).map(|_| AtomicU32::new(0)).collect(),
-        others: (0..threads).map(|_| Mutex::default()).collect(),
+        others: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        shard_hasher: Default::default(),
         distinct: AtomicU64::new(0),
         addr,
         opts,

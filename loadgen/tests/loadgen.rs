@@ -149,6 +149,28 @@ fn missing_and_duplicate_ids_are_reported() {
     assert_eq!(out.status.code(), Some(1), "an incomplete run fails");
 }
 
+/// Without `--expect`, a redelivery on another connection (so maybe another sink thread) is
+/// still seen as a duplicate: 16 ids, each posted on two fresh connections to a 2-thread sink.
+#[test]
+fn duplicates_are_seen_across_sink_threads() {
+    let sink = Sink::start(&["--threads", "2"]);
+    for id in 0..16 {
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(sink.0.addr).expect("connect");
+            let req = format!(
+                "POST / HTTP/1.1\r\nHost: sink\r\nCe-Specversion: 1.0\r\nCe-Type: t\r\nCe-Source: s\r\nCe-Id: id-{id}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            );
+            c.write_all(req.as_bytes()).expect("write");
+            let mut resp = String::new();
+            c.read_to_string(&mut resp).expect("answer");
+            assert!(resp.starts_with("HTTP/1.1 202 Accepted\r\n"), "{resp}");
+        }
+    }
+    let r = sink.report();
+    assert_eq!(u(&r["accepted"]), 32, "{r}");
+    assert_eq!(u(&r["duplicates"]), 16, "{r}");
+}
+
 /// Open loop on one connection to a sink that takes 20 ms an event, at 100 events/s: the
 /// connection can carry 50/s, so events queue behind each other and the latency counted from each event's due
 /// time grows over the run. A closed loop on the same sink only ever sees the 20 ms.
