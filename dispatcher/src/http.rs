@@ -112,6 +112,19 @@ pub enum HeadError {
     UnsupportedTransferEncoding,
 }
 
+impl HeadError {
+    /// The answer (then close) and what to log.
+    pub fn answer(self) -> (&'static [u8], &'static str) {
+        match self {
+            HeadError::TooLarge => (answer::HEAD_TOO_LARGE, "request head over the limit"),
+            HeadError::UnsupportedTransferEncoding => {
+                (answer::NOT_IMPLEMENTED, "unsupported Transfer-Encoding")
+            }
+            HeadError::Malformed(why) => (answer::MALFORMED, why),
+        }
+    }
+}
+
 fn range_of(base: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - base.as_ptr() as usize;
     start..start + part.len()

@@ -21,9 +21,7 @@ use crate::buffer::{make_room, read_into};
 use crate::cloudevent::write_binary_head;
 use crate::delivery::put_content_length;
 use crate::fanout::{fan_out, OutEvent, WATCHDOG};
-use crate::http::{
-    answer, parse_request, ChunkError, ChunkedDecoder, HeadError, Method, Probe, RequestHead,
-};
+use crate::http::{answer, parse_request, ChunkError, ChunkedDecoder, Method, Probe, RequestHead};
 use crate::routing::{key_of, Channel};
 use crate::worker::Worker;
 
@@ -186,15 +184,7 @@ impl Connection {
                         }
                     }
                     Err(e) => {
-                        let (bytes, why) = match e {
-                            HeadError::TooLarge => {
-                                (answer::HEAD_TOO_LARGE, "request head over the limit")
-                            }
-                            HeadError::UnsupportedTransferEncoding => {
-                                (answer::NOT_IMPLEMENTED, "unsupported Transfer-Encoding")
-                            }
-                            HeadError::Malformed(why) => (answer::MALFORMED, why),
-                        };
+                        let (bytes, why) = e.answer();
                         w.bad_request(why, None);
                         self.answer(bytes, false).await;
                         return false;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use imc_dispatcher::buffer::read_into;
-use imc_dispatcher::http::{self, parse_request, ChunkedDecoder, HeadError, Method, RequestHead};
+use imc_dispatcher::http::{self, parse_request, ChunkedDecoder, Method, RequestHead};
 use imc_dispatcher::worker::Driver;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
@@ -198,6 +198,30 @@ fn list<T: std::fmt::Display>(ids: &[T], total: u64) -> String {
     format!(" ({}{more})", shown.join(", "))
 }
 
+/// A count, and the first [`LISTED`] of what was counted (made only for those).
+struct Listed<T> {
+    count: u64,
+    first: Vec<T>,
+}
+
+impl<T> Default for Listed<T> {
+    fn default() -> Self {
+        Listed {
+            count: 0,
+            first: Vec::new(),
+        }
+    }
+}
+
+impl<T> Listed<T> {
+    fn add(&mut self, v: impl FnOnce() -> T) {
+        self.count += 1;
+        if self.first.len() < LISTED {
+            self.first.push(v());
+        }
+    }
+}
+
 impl Sink {
     pub fn report(&self) -> SinkReport {
         let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
@@ -221,45 +245,25 @@ impl Sink {
             .unwrap_or(0);
         let accepted = sum(|c| &c.accepted);
         let active_s = last.saturating_sub(first) as f64 / 1e9;
-        let (mut missing, mut missing_ids) = (0u64, Vec::new());
-        let (mut duplicates, mut duplicate_ids) = (0u64, Vec::new());
+        let mut missing = Listed::default();
+        let mut duplicates = Listed::default();
         let start = self.opts.expect.map_or(0, |r| r.start);
         for (i, n) in self.expected.iter().enumerate() {
             match n.load(Ordering::Relaxed) {
-                0 => {
-                    missing += 1;
-                    if missing_ids.len() < LISTED {
-                        missing_ids.push(start + i as u64);
-                    }
-                }
+                0 => missing.add(|| start + i as u64),
                 1 => {}
-                _ => {
-                    duplicates += 1;
-                    if duplicate_ids.len() < LISTED {
-                        duplicate_ids.push((start + i as u64).to_string());
-                    }
-                }
+                _ => duplicates.add(|| (start + i as u64).to_string()),
             }
         }
         let mut untracked = 0;
         for o in &self.others {
             let o = o.lock().unwrap_or_else(|e| e.into_inner());
             untracked += o.untracked;
-            for (id, n) in &o.numeric {
-                if *n > 1 {
-                    duplicates += 1;
-                    if duplicate_ids.len() < LISTED {
-                        duplicate_ids.push(id.to_string());
-                    }
-                }
+            for (id, _) in o.numeric.iter().filter(|(_, n)| **n > 1) {
+                duplicates.add(|| id.to_string());
             }
-            for (id, n) in &o.text {
-                if *n > 1 {
-                    duplicates += 1;
-                    if duplicate_ids.len() < LISTED {
-                        duplicate_ids.push(id.to_string());
-                    }
-                }
+            for (id, _) in o.text.iter().filter(|(_, n)| **n > 1) {
+                duplicates.add(|| id.to_string());
             }
         }
         SinkReport {
@@ -277,13 +281,13 @@ impl Sink {
                 0.0
             },
             expect: self.opts.expect,
-            missing,
-            missing_ids,
-            duplicates,
-            duplicate_ids,
+            missing: missing.count,
+            missing_ids: missing.first,
+            duplicates: duplicates.count,
+            duplicate_ids: duplicates.first,
             unexpected: sum(|c| &c.unexpected),
             untracked,
-            complete: self.opts.expect.is_some() && missing == 0 && duplicates == 0,
+            complete: self.opts.expect.is_some() && missing.count == 0 && duplicates.count == 0,
         }
     }
 
@@ -504,6 +508,12 @@ async fn write(s: &mut TcpStream, bytes: &'static [u8]) -> bool {
     s.write_all(bytes).await.0.is_ok()
 }
 
+/// Reads once more into `buf` ([`read_into`]'s `want` and `chunk`); false when the peer closed or
+/// the read failed.
+async fn read_more(s: &mut TcpStream, buf: &mut BytesMut, want: usize, chunk: usize) -> bool {
+    matches!(read_into(s, buf, want, chunk).await, Ok(n) if n > 0)
+}
+
 async fn connection(t: Rc<Thread>, mut s: TcpStream) {
     let c = &t.sink.counters[t.id];
     let mut buf = BytesMut::with_capacity(16 << 10);
@@ -515,18 +525,11 @@ async fn connection(t: Rc<Thread>, mut s: TcpStream) {
         loop {
             match parse_request(&buf, MAX_HEAD, MAX_HEADERS, &mut head) {
                 Ok(true) => break,
-                Ok(false) => match read_into(&mut s, &mut buf, 4096, 16 << 10).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                },
+                Ok(false) if !read_more(&mut s, &mut buf, 4096, 16 << 10).await => return,
+                Ok(false) => {}
                 Err(e) => {
                     c.bad_requests.fetch_add(1, Ordering::Relaxed);
-                    let answer: &'static [u8] = match e {
-                        HeadError::TooLarge => http::answer::HEAD_TOO_LARGE,
-                        HeadError::UnsupportedTransferEncoding => http::answer::NOT_IMPLEMENTED,
-                        HeadError::Malformed(_) => http::answer::MALFORMED,
-                    };
-                    let _ = write(&mut s, answer).await;
+                    let _ = write(&mut s, e.answer().0).await;
                     return;
                 }
             }
@@ -550,9 +553,8 @@ async fn connection(t: Rc<Thread>, mut s: TcpStream) {
                         return;
                     }
                 }
-                match read_into(&mut s, &mut buf, 4096, 16 << 10).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                if !read_more(&mut s, &mut buf, 4096, 16 << 10).await {
+                    return;
                 }
             }
             0
@@ -566,9 +568,8 @@ async fn connection(t: Rc<Thread>, mut s: TcpStream) {
             let n = n as usize;
             while buf.len() < n {
                 let want = n - buf.len();
-                match read_into(&mut s, &mut buf, want, 64 << 10).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                if !read_more(&mut s, &mut buf, want, 64 << 10).await {
+                    return;
                 }
             }
             n
@@ -632,9 +633,8 @@ async fn connection(t: Rc<Thread>, mut s: TcpStream) {
                         let mut sink_buf = BytesMut::with_capacity(4096);
                         loop {
                             sink_buf.clear();
-                            match read_into(&mut s, &mut sink_buf, 4096, 4096).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
+                            if !read_more(&mut s, &mut sink_buf, 4096, 4096).await {
+                                return;
                             }
                         }
                     }
