@@ -207,10 +207,6 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn driver(wanted: IoDriver) -> Result<Driver, String> {
-    Driver::choose(wanted)
-}
-
 fn run_send(a: SendArgs) -> Result<ExitCode, String> {
     let (addr, authority, path) = parse_url(&a.url)?;
     if a.connections == 0 {
@@ -256,7 +252,7 @@ fn run_send(a: SendArgs) -> Result<ExitCode, String> {
         warmup: a.warmup,
         id_start: a.id_start,
         timeout: a.timeout,
-        driver: driver(a.io_driver)?,
+        driver: Driver::choose(a.io_driver)?,
         progress: !a.quiet && std::io::stderr().is_terminal(),
         command,
     };
@@ -287,7 +283,7 @@ fn run_sink(a: SinkArgs) -> Result<ExitCode, String> {
     let opts = SinkOpts {
         listen: a.listen,
         threads: a.threads.max(1),
-        driver: driver(a.io_driver)?,
+        driver: Driver::choose(a.io_driver)?,
         status: a.status,
         fail_rate: a.fail_rate,
         fail_status: a.fail_status,

@@ -126,13 +126,6 @@ impl Latency {
                 .collect(),
         }
     }
-
-    pub fn get(&self, name: &str) -> f64 {
-        self.quoted
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(0.0, |(_, v)| *v)
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
