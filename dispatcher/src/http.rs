@@ -4,6 +4,13 @@
 //! connection's read buffer, so that the caller can later freeze that buffer into `Bytes` and hand
 //! header values and the body on without copying them. The fixed answers of the ingress are
 //! `&'static [u8]`.
+//!
+//! Every parser here is linear in what it reads, however the input is split across reads: a head
+//! is searched for its end only in the bytes that arrived since the last search ([`HeadScan`]),
+//! and the chunked decoder is a byte-wise state machine that resumes where it stopped. Framing is
+//! strict (RFC 9112): anything a lenient front end could frame differently (bare LF, a chunk-size
+//! line with stray bytes, a transfer coding we do not decode, a repeated or invalid `Host`) is
+//! refused instead of guessed at, since guessing is how requests get smuggled.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -13,6 +20,12 @@ use bytes::BytesMut;
 /// Hard upper bound on headers per message; `--max-headers` is clamped to it. The parse scratch
 /// lives on the stack of a synchronous function, never in a future's state.
 pub const HEADER_SLOTS: usize = 512;
+
+/// Longest chunk-size line (size and extensions) accepted; longer ones are refused (400).
+pub const MAX_CHUNK_LINE: usize = 4096;
+
+/// Largest trailer section of a chunked body accepted (it is read and dropped).
+pub const MAX_TRAILERS: usize = 16 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -38,15 +51,107 @@ pub struct HeaderRange {
     pub value: Range<usize>,
 }
 
+/// How far the search for the end of a head got, so that the next search (after more bytes
+/// arrived) starts there instead of at the first byte: a head that trickles in one byte per read
+/// costs linear work, not quadratic. Lives in the per-connection state between reads; a caller
+/// that starts on a new message calls [`HeadScan::reset`] (the parsers do it themselves when they
+/// return a complete head or an error).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeadScan {
+    /// Empty lines (CRLF) before the start line, skipped (RFC 9112 §2.2).
+    skip: usize,
+    /// Bytes already searched for the blank line that ends the head.
+    searched: usize,
+    /// Buffer length at the last httparse run on an incomplete head. Such runs only detect
+    /// garbage early; they are spaced geometrically (each at twice the length of the last), so
+    /// that their total cost stays linear.
+    parsed_at: usize,
+    /// Bytes searched and parsed in all, for the tests that pin linearity.
+    #[cfg(test)]
+    work: usize,
+}
+
+/// What the search for the end of a head found.
+enum HeadEnd {
+    /// The head (from `skip`) ends at this offset, its blank line included.
+    At(usize),
+    Incomplete,
+    /// A line feed not preceded by a carriage return, at this offset (strict mode only).
+    BareLf,
+}
+
+impl HeadScan {
+    pub fn reset(&mut self) {
+        *self = HeadScan::default();
+    }
+
+    /// Searches the bytes of `buf` not searched before for the end of a head: CRLF CRLF, or in
+    /// lenient mode also LF LF / LF CRLF (what httparse accepts in responses).
+    fn find_end(&mut self, buf: &[u8], strict: bool) -> HeadEnd {
+        if self.searched == 0 {
+            // Empty lines before a start line are ignored (RFC 9112 §2.2): skip them once.
+            while buf[self.skip..].starts_with(b"\r\n") {
+                self.skip += 2;
+            }
+            if !strict {
+                while buf[self.skip..].starts_with(b"\n") {
+                    self.skip += 1;
+                }
+            }
+            if buf.len() - self.skip < 2 {
+                return HeadEnd::Incomplete;
+            }
+            self.searched = self.skip;
+        }
+        let mut from = self.searched;
+        #[cfg(test)]
+        {
+            self.work += buf.len() - from;
+        }
+        while let Some(i) = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i) {
+            let cr = i > 0 && buf[i - 1] == b'\r';
+            if strict && !cr {
+                return HeadEnd::BareLf;
+            }
+            // The blank line: this LF is preceded by another LF, directly or through a CR.
+            let line_start = if cr { i - 1 } else { i };
+            if line_start > self.skip && buf[line_start - 1] == b'\n' {
+                return HeadEnd::At(i + 1);
+            }
+            from = i + 1;
+        }
+        // The last byte may be the CR of a CRLF still to come: search it again next time.
+        self.searched = buf.len().saturating_sub(1).max(self.skip);
+        HeadEnd::Incomplete
+    }
+
+    /// Whether an incomplete head has grown enough since the last httparse run to deserve another
+    /// one (to refuse garbage before the head limit or the header timeout).
+    fn worth_parsing(&mut self, len: usize) -> bool {
+        if len >= self.parsed_at.saturating_mul(2).max(1) {
+            self.parsed_at = len;
+            #[cfg(test)]
+            {
+                self.work += len;
+            }
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// A parsed request head: ranges into the read buffer, plus the facts the server needs.
 #[derive(Debug)]
 pub struct RequestHead {
     pub method: Method,
-    /// Length of the head in the buffer, terminating blank line included.
+    /// Length of the head in the buffer, terminating blank line included (and any empty lines
+    /// before the request line, which are skipped).
     pub len: usize,
     pub target: Range<usize>,
     pub http10: bool,
     pub headers: Vec<HeaderRange>,
+    /// The authority to route by: an absolute-form target's, else the `Host` header's.
     pub host: Option<Range<usize>>,
     pub content_type: Option<Range<usize>>,
     pub content_length: Option<u64>,
@@ -54,6 +159,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     pub expect_continue: bool,
     pub probe: Probe,
+    /// Where the search for the end of the next head stands (see [`HeadScan`]).
+    pub scan: HeadScan,
 }
 
 impl RequestHead {
@@ -71,6 +178,7 @@ impl RequestHead {
             keep_alive: true,
             expect_continue: false,
             probe: Probe::None,
+            scan: HeadScan::default(),
         }
     }
 
@@ -130,8 +238,79 @@ fn range_of(base: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-/// Parses a request head at the start of `buf` into `out`. `Ok(false)`: incomplete, read more.
+/// The transfer codings of a request, over all its `Transfer-Encoding` headers (RFC 9112 §6.1).
+#[derive(Default)]
+struct Codings {
+    present: bool,
+    chunked: u32,
+    other: bool,
+    last_chunked: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) -> Result<(), HeadError> {
+        self.present = true;
+        for element in value.split(|b| *b == b',') {
+            // A coding may carry parameters (`gzip;q=1`); only its name matters here.
+            let name = trim(element.split(|b| *b == b';').next().unwrap_or(b""));
+            if name.is_empty() {
+                continue; // empty list elements are allowed (RFC 9110 §5.6.1)
+            }
+            if !name.iter().all(|&b| is_tchar(b)) {
+                return Err(HeadError::Malformed("invalid Transfer-Encoding"));
+            }
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            if chunked {
+                self.chunked += 1;
+            } else {
+                self.other = true;
+            }
+            self.last_chunked = chunked;
+        }
+        Ok(())
+    }
+
+    /// Whether the body is chunked; every other combination is refused.
+    fn check(&self) -> Result<bool, HeadError> {
+        if !self.present {
+            return Ok(false);
+        }
+        if self.chunked == 0 && !self.other {
+            return Err(HeadError::Malformed("empty Transfer-Encoding"));
+        }
+        if self.chunked > 0 && !self.last_chunked {
+            // The length of the body cannot be determined (RFC 9112 §6.3): 400, not 501.
+            return Err(HeadError::Malformed(
+                "chunked is not the final transfer coding",
+            ));
+        }
+        if self.chunked > 1 {
+            return Err(HeadError::Malformed("chunked applied more than once"));
+        }
+        if self.other {
+            // We decode no other coding: forwarding a still-compressed body would be wrong.
+            return Err(HeadError::UnsupportedTransferEncoding);
+        }
+        Ok(true)
+    }
+}
+
+/// Parses a request head at the start of `buf` into `out`. `Ok(false)`: incomplete; read more and
+/// call again with the same buffer grown (the search resumes where it stopped, `out.scan`).
 pub fn parse_request(
+    buf: &[u8],
+    max_head: usize,
+    max_headers: usize,
+    out: &mut RequestHead,
+) -> Result<bool, HeadError> {
+    let r = parse_request_scanned(buf, max_head, max_headers, out);
+    if !matches!(r, Ok(false)) {
+        out.scan.reset();
+    }
+    r
+}
+
+fn parse_request_scanned(
     buf: &[u8],
     max_head: usize,
     max_headers: usize,
@@ -141,27 +320,39 @@ pub fn parse_request(
         [const { MaybeUninit::uninit() }; HEADER_SLOTS];
     let slots = &mut slots[..max_headers.clamp(1, HEADER_SLOTS)];
     let mut req = httparse::Request::new(&mut []);
-    let status = match req.parse_with_uninit_headers(buf, slots) {
+    let end = match out.scan.find_end(buf, true) {
+        HeadEnd::At(end) if end > max_head => return Err(HeadError::TooLarge),
+        HeadEnd::At(end) => end,
+        HeadEnd::BareLf => return Err(HeadError::Malformed("bare LF in the request head")),
+        HeadEnd::Incomplete if buf.len() > max_head => return Err(HeadError::TooLarge),
+        HeadEnd::Incomplete => {
+            if out.scan.worth_parsing(buf.len()) {
+                // Refuse garbage now rather than at the head limit or the header timeout.
+                let skip = out.scan.skip;
+                match req.parse_with_uninit_headers(&buf[skip..], slots) {
+                    Ok(_) => {}
+                    Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+                    Err(httparse::Error::Version) => {
+                        return Err(HeadError::Malformed("not HTTP/1.x"))
+                    }
+                    Err(_) => return Err(HeadError::Malformed("malformed request head")),
+                }
+            }
+            return Ok(false);
+        }
+    };
+    let skip = out.scan.skip;
+    let status = match req.parse_with_uninit_headers(&buf[skip..end], slots) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(httparse::Error::Version) => return Err(HeadError::Malformed("not HTTP/1.x")),
         Err(_) => return Err(HeadError::Malformed("malformed request head")),
     };
-    let len = match status {
-        httparse::Status::Partial => {
-            return if buf.len() > max_head {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(false)
-            };
-        }
-        httparse::Status::Complete(n) => n,
-    };
-    if len > max_head {
-        return Err(HeadError::TooLarge);
+    if !matches!(status, httparse::Status::Complete(n) if skip + n == end) {
+        return Err(HeadError::Malformed("malformed request head"));
     }
     out.reset();
-    out.len = len;
+    out.len = end;
     out.method = match req.method {
         Some("POST") => Method::Post,
         Some("OPTIONS") => Method::Options,
@@ -172,7 +363,8 @@ pub fn parse_request(
     out.http10 = req.version == Some(0);
     let mut conn_close = false;
     let mut conn_keep_alive = false;
-    let mut transfer_encoding = false;
+    let mut codings = Codings::default();
+    let mut host: Option<Range<usize>> = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
@@ -182,7 +374,14 @@ pub fn parse_request(
         };
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
-                out.host.get_or_insert(hr.value.clone());
+                // RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
+                if host.is_some() {
+                    return Err(HeadError::Malformed("repeated Host header"));
+                }
+                if !is_authority(trim(value)) {
+                    return Err(HeadError::Malformed("invalid Host header"));
+                }
+                host = Some(range_of(buf, trim(value)));
             }
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 out.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
@@ -223,15 +422,7 @@ pub fn parse_request(
                     out.probe = Probe::Network(Some(hr.value.clone()));
                 }
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                transfer_encoding = true;
-                let last = value.rsplit(|b| *b == b',').next().map(trim).unwrap_or(b"");
-                if last.eq_ignore_ascii_case(b"chunked") {
-                    out.chunked = true;
-                } else {
-                    return Err(HeadError::UnsupportedTransferEncoding);
-                }
-            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => codings.add(value)?,
             _ => {}
         }
         out.headers.push(hr);
@@ -240,17 +431,106 @@ pub fn parse_request(
     if matches!(out.probe, Probe::Network(Some(_))) && !has_header(buf, out, b"k-network-probe") {
         out.probe = Probe::None;
     }
-    if transfer_encoding && out.content_length.is_some() {
+    if codings.present && out.http10 {
+        // RFC 9112 §6.1: faulty framing; answer, then close.
+        return Err(HeadError::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
+    }
+    out.chunked = codings.check()?;
+    if codings.present && out.content_length.is_some() {
         return Err(HeadError::Malformed(
             "both Content-Length and Transfer-Encoding",
         ));
     }
+    if host.is_none() && !out.http10 {
+        return Err(HeadError::Malformed("HTTP/1.1 request without Host"));
+    }
+    // An absolute-form target's authority overrides Host (RFC 9112 §3.2.2).
+    out.host = match absolute_authority(path.as_bytes()) {
+        Some(Ok(a)) => Some(range_of(buf, a)),
+        Some(Err(())) => return Err(HeadError::Malformed("invalid authority in the target")),
+        None => host,
+    };
     out.keep_alive = if out.http10 {
         conn_keep_alive && !conn_close
     } else {
         !conn_close
     };
     Ok(true)
+}
+
+/// The authority of an absolute-form target (`http://host:port/path`): `None` for any other form,
+/// `Some(Err)` for an invalid one.
+fn absolute_authority(target: &[u8]) -> Option<Result<&[u8], ()>> {
+    if target.first() == Some(&b'/') {
+        return None;
+    }
+    let sep = memchr::memmem::find(target, b"://")?;
+    let scheme = &target[..sep];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return Some(Err(()));
+    }
+    let rest = &target[sep + 3..];
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    Some(if !authority.is_empty() && is_authority(authority) {
+        Ok(authority)
+    } else {
+        Err(())
+    })
+}
+
+/// `uri-host [ ":" port ]` as RFC 3986 defines it (no userinfo): a reg-name of unreserved,
+/// percent-encoded and sub-delim characters, an IPv4 address (a reg-name too), or an IP literal in
+/// brackets. An empty host is valid (RFC 9112 §3.2: a target without authority).
+pub fn is_authority(v: &[u8]) -> bool {
+    let (host, port) = if let Some(inner) = v.strip_prefix(b"[") {
+        let Some(close) = memchr::memchr(b']', inner) else {
+            return false;
+        };
+        let literal = &inner[..close];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'))
+        {
+            return false;
+        }
+        match &inner[close + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&[][..], port),
+            _ => return false,
+        }
+    } else {
+        match memchr::memrchr(b':', v) {
+            Some(c) => (&v[..c], &v[c + 1..]),
+            None => (v, &[][..]),
+        }
+    };
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                if !(host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    port.iter().all(u8::is_ascii_digit) && port.len() <= 5
 }
 
 fn has_header(buf: &[u8], head: &RequestHead, name: &[u8]) -> bool {
@@ -283,20 +563,80 @@ pub fn parse_decimal(s: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// Incremental decoder of a chunked body. Chunk data is copied into one contiguous buffer: that
-/// copy is the price of chunked framing (subscribers get a Content-Length body, as upstream sends).
+/// RFC 9110 `tchar`: the characters of a token.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// Incremental decoder of a chunked body (RFC 9112 §7.1), strict: a chunk-size line is
+/// `1*HEXDIG *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF`, chunk data
+/// is followed by CRLF, and the trailer section is header field lines, each ended by CRLF, then
+/// CRLF. A bare LF, a control byte, or anything else out of place is [`ChunkError::Malformed`].
+///
+/// It is a byte-wise state machine over framing bytes (chunk data is copied in bulk), so it
+/// resumes exactly where the last read stopped: linear in its input however it is split. Chunk
+/// data is copied into one contiguous buffer, growing with the data that arrives, never with the
+/// size a chunk announces: that copy is the price of chunked framing (subscribers get a
+/// Content-Length body, as upstream sends).
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
     state: ChunkState,
+    /// Bytes of the current size line, or of the trailer section, seen so far.
+    line: usize,
+    /// The size being read, while in a size line.
+    size: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
+    /// The first hex digit of a chunk size.
     #[default]
     Size,
+    /// More hex digits, or what follows them.
+    SizeDigits,
+    /// Whitespace after the size or an extension value: only more of it or `;` may follow.
+    Bws,
+    /// After `;`: optional whitespace, then an extension name.
+    ExtName,
+    ExtNameChars,
+    /// Whitespace after an extension name: `=` or `;` must follow.
+    BwsAfterName,
+    /// After `=`: optional whitespace, then a token or a quoted string.
+    ExtValue,
+    ExtValueToken,
+    ExtQuoted,
+    ExtQuotedEscape,
+    /// After the closing quote of a value: whitespace, `;` or CR.
+    ExtAfterQuoted,
+    /// The CR of a size line was seen; LF must follow.
+    SizeLf,
     Data(u64),
-    DataEnd,
-    Trailers,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final CRLF).
+    TrailerStart,
+    TrailerName,
+    TrailerValue,
+    TrailerLf,
+    /// The CR of the final CRLF was seen.
+    EndLf,
     Done,
 }
 
@@ -306,82 +646,156 @@ pub enum ChunkError {
     TooLarge,
 }
 
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// A field value byte: visible, space, tab or obs-text; never CR, LF, NUL or another control.
+fn is_field_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
 impl ChunkedDecoder {
-    /// Consumes what it can from the front of `input`, appending data to `out`. Returns whether
-    /// the body is complete.
+    /// Consumes what it can from the front of `input`, appending data to `out` (at most `max`
+    /// bytes in all). Returns whether the body is complete; what follows it stays in `input`.
     pub fn decode(
         &mut self,
         input: &mut BytesMut,
         out: &mut BytesMut,
         max: usize,
     ) -> Result<bool, ChunkError> {
-        loop {
-            match self.state {
-                ChunkState::Size => match httparse::parse_chunk_size(input) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        let _ = input.split_to(used);
-                        if size > max as u64 || out.len() as u64 + size > max as u64 {
-                            return Err(ChunkError::TooLarge);
-                        }
-                        self.state = if size == 0 {
-                            ChunkState::Trailers
-                        } else {
-                            out.reserve(size as usize);
-                            ChunkState::Data(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if input.len() > 1024 {
-                            return Err(ChunkError::Malformed);
-                        }
-                        return Ok(false);
-                    }
-                    Err(_) => return Err(ChunkError::Malformed),
-                },
-                ChunkState::Data(left) => {
-                    if input.is_empty() {
-                        return Ok(false);
-                    }
-                    let n = (left as usize).min(input.len());
-                    out.extend_from_slice(&input[..n]);
-                    let _ = input.split_to(n);
-                    self.state = if left as usize == n {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(left - n as u64)
-                    };
+        use ChunkState as S;
+        let mut i = 0;
+        let r = loop {
+            if let S::Data(left) = self.state {
+                let n = (left as usize).min(input.len() - i);
+                if n == 0 {
+                    break Ok(false);
                 }
-                ChunkState::DataEnd => {
-                    if input.len() < 2 {
-                        return Ok(false);
-                    }
-                    if &input[..2] != b"\r\n" {
-                        return Err(ChunkError::Malformed);
-                    }
-                    let _ = input.split_to(2);
-                    self.state = ChunkState::Size;
-                }
-                ChunkState::Trailers => {
-                    // Trailer fields are read and dropped, up to the blank line.
-                    match memchr::memmem::find(input, b"\r\n") {
-                        Some(0) => {
-                            let _ = input.split_to(2);
-                            self.state = ChunkState::Done;
-                        }
-                        Some(i) => {
-                            let _ = input.split_to(i + 2);
-                        }
-                        None => {
-                            if input.len() > 8192 {
-                                return Err(ChunkError::Malformed);
-                            }
-                            return Ok(false);
-                        }
-                    }
-                }
-                ChunkState::Done => return Ok(true),
+                out.extend_from_slice(&input[i..i + n]);
+                i += n;
+                self.state = if left as usize == n {
+                    S::DataCr
+                } else {
+                    S::Data(left - n as u64)
+                };
+                continue;
             }
+            if self.state == S::Done {
+                break Ok(true);
+            }
+            let Some(&b) = input.get(i) else {
+                break Ok(false);
+            };
+            i += 1;
+            match self.step(b, out.len(), max) {
+                Ok(()) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = input.split_to(i);
+        r
+    }
+
+    /// One framing byte.
+    fn step(&mut self, b: u8, have: usize, max: usize) -> Result<(), ChunkError> {
+        use ChunkState as S;
+        let m = Err(ChunkError::Malformed);
+        let in_size_line = matches!(
+            self.state,
+            S::Size
+                | S::SizeDigits
+                | S::Bws
+                | S::ExtName
+                | S::ExtNameChars
+                | S::BwsAfterName
+                | S::ExtAfterQuoted
+                | S::ExtValue
+                | S::ExtValueToken
+                | S::ExtQuoted
+                | S::ExtQuotedEscape
+                | S::SizeLf
+        );
+        self.line += 1;
+        if in_size_line && self.line > MAX_CHUNK_LINE {
+            return m;
         }
+        if !in_size_line && self.line > MAX_TRAILERS {
+            return m;
+        }
+        self.state = match (self.state, b) {
+            (S::Size, b) if b.is_ascii_hexdigit() => {
+                self.size = u64::from(hex(b));
+                S::SizeDigits
+            }
+            (S::Size, _) => return m,
+            (S::SizeDigits, b) if b.is_ascii_hexdigit() => {
+                if self.size >> 60 != 0 {
+                    return m; // more than 16 significant hex digits: no such size
+                }
+                self.size = self.size << 4 | u64::from(hex(b));
+                S::SizeDigits
+            }
+            (S::SizeDigits | S::ExtValueToken | S::ExtAfterQuoted, b) if is_ws(b) => S::Bws,
+            (S::ExtNameChars, b) if is_ws(b) => S::BwsAfterName,
+            (
+                S::SizeDigits
+                | S::Bws
+                | S::ExtNameChars
+                | S::BwsAfterName
+                | S::ExtValueToken
+                | S::ExtAfterQuoted,
+                b';',
+            ) => S::ExtName,
+            (S::SizeDigits | S::ExtNameChars | S::ExtValueToken | S::ExtAfterQuoted, b'\r') => {
+                S::SizeLf
+            }
+            (S::Bws, b) | (S::BwsAfterName, b) | (S::ExtName, b) | (S::ExtValue, b) if is_ws(b) => {
+                self.state
+            }
+            (S::ExtNameChars | S::BwsAfterName, b'=') => S::ExtValue,
+            (S::ExtName | S::ExtNameChars, b) if is_tchar(b) => S::ExtNameChars,
+            (S::ExtValue, b'"') => S::ExtQuoted,
+            (S::ExtValue | S::ExtValueToken, b) if is_tchar(b) => S::ExtValueToken,
+            (S::ExtQuoted, b'"') => S::ExtAfterQuoted,
+            (S::ExtQuoted, b'\\') => S::ExtQuotedEscape,
+            (S::ExtQuoted | S::ExtQuotedEscape, b) if is_field_byte(b) => S::ExtQuoted,
+            (S::SizeLf, b'\n') => {
+                let size = self.size;
+                self.line = 0;
+                if size == 0 {
+                    S::TrailerStart
+                } else {
+                    if size > max as u64 || have as u64 + size > max as u64 {
+                        return Err(ChunkError::TooLarge);
+                    }
+                    S::Data(size)
+                }
+            }
+            (S::DataCr, b'\r') => S::DataLf,
+            (S::DataLf, b'\n') => {
+                self.line = 0;
+                S::Size
+            }
+            (S::TrailerStart, b'\r') => S::EndLf,
+            (S::TrailerStart, b) if is_tchar(b) => S::TrailerName,
+            (S::TrailerName, b) if is_tchar(b) => S::TrailerName,
+            (S::TrailerName, b':') => S::TrailerValue,
+            (S::TrailerValue, b'\r') => S::TrailerLf,
+            (S::TrailerValue, b) if is_field_byte(b) => S::TrailerValue,
+            (S::TrailerLf, b'\n') => S::TrailerStart,
+            (S::EndLf, b'\n') => S::Done,
+            _ => return m,
+        };
+        Ok(())
+    }
+}
+
+fn hex(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
     }
 }
 
@@ -402,24 +816,60 @@ impl ResponseHead {
     }
 }
 
-/// Parses a response head at the start of `buf`. `Ok(None)`: incomplete.
-pub fn parse_response(buf: &[u8], max_head: usize) -> Result<Option<ResponseHead>, &'static str> {
+/// Parses a response head at the start of `buf`. `Ok(None)`: incomplete; read more and call
+/// again with the same buffer grown and the same `scan` (reset by this function once it returns a
+/// head or an error). Lenient where RFC 9112 lets a client be (a bare LF ends a line), strict
+/// where framing is at stake: two different `Content-Length`s are an error (§6.3), and a response
+/// with both `Transfer-Encoding` and `Content-Length`, or a coding other than a final chunked, is
+/// read to the end of the connection or as chunked and the connection is not reused.
+pub fn parse_response(
+    buf: &[u8],
+    max_head: usize,
+    scan: &mut HeadScan,
+) -> Result<Option<ResponseHead>, &'static str> {
+    let r = parse_response_scanned(buf, max_head, scan);
+    if !matches!(r, Ok(None)) {
+        scan.reset();
+    }
+    r
+}
+
+fn parse_response_scanned(
+    buf: &[u8],
+    max_head: usize,
+    scan: &mut HeadScan,
+) -> Result<Option<ResponseHead>, &'static str> {
     // Uninitialised slots, as for requests: clearing 100 headers (3 KiB) per response would cost
     // more than parsing a typical one. The default config is what `Response::parse` uses.
     let mut slots: [MaybeUninit<httparse::Header<'_>>; 100] =
         [const { MaybeUninit::uninit() }; 100];
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > max_head => {
-            return Err("response head too large")
+    let config = httparse::ParserConfig::default();
+    let end = match scan.find_end(buf, false) {
+        HeadEnd::At(end) if end > max_head => return Err("response head too large"),
+        HeadEnd::At(end) => end,
+        HeadEnd::BareLf => unreachable!("lenient scan"),
+        HeadEnd::Incomplete if buf.len() > max_head => return Err("response head too large"),
+        HeadEnd::Incomplete => {
+            if scan.worth_parsing(buf.len()) {
+                if let Err(e) = config.parse_response_with_uninit_headers(
+                    &mut resp,
+                    &buf[scan.skip..],
+                    &mut slots,
+                ) {
+                    return Err(response_error(e));
+                }
+            }
+            return Ok(None);
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
-        Err(_) => return Err("malformed response head"),
     };
+    let skip = scan.skip;
+    let len =
+        match config.parse_response_with_uninit_headers(&mut resp, &buf[skip..end], &mut slots) {
+            Ok(httparse::Status::Complete(n)) if skip + n == end => end,
+            Ok(_) => return Err("malformed response head"),
+            Err(e) => return Err(response_error(e)),
+        };
     let http10 = resp.version == Some(0);
     let mut head = ResponseHead {
         status: resp.code.unwrap_or(0),
@@ -428,22 +878,23 @@ pub fn parse_response(buf: &[u8], max_head: usize) -> Result<Option<ResponseHead
         chunked: false,
         keep_alive: !http10,
     };
+    let mut transfer_encoding = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            head.content_length =
-                Some(parse_decimal(trim(h.value)).ok_or("invalid Content-Length in response")?);
+            let n = parse_decimal(trim(h.value)).ok_or("invalid Content-Length in response")?;
+            if head.content_length.is_some_and(|m| m != n) {
+                return Err("conflicting Content-Length in response");
+            }
+            head.content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
             head.chunked = h
                 .value
                 .rsplit(|b| *b == b',')
                 .next()
                 .map(trim)
                 .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-            if !head.chunked {
-                // Any other coding is delimited by the end of the connection.
-                head.keep_alive = false;
-            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = trim(token);
@@ -455,10 +906,31 @@ pub fn parse_response(buf: &[u8], max_head: usize) -> Result<Option<ResponseHead
             }
         }
     }
+    if transfer_encoding {
+        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3); a coding other than a
+        // final chunked is delimited by the end of the connection. Either way the peer framed
+        // the message oddly: the connection is not reused.
+        head.content_length = None;
+        if !head.chunked
+            || resp
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("content-length"))
+        {
+            head.keep_alive = false;
+        }
+    }
     if !head.bodiless() && !head.chunked && head.content_length.is_none() {
         head.keep_alive = false; // body runs to the end of the connection
     }
     Ok(Some(head))
+}
+
+fn response_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::TooManyHeaders => "too many response headers",
+        _ => "malformed response head",
+    }
 }
 
 /// Looks up a header of a response head again, for the rare paths (Retry-After, replies).
@@ -497,6 +969,10 @@ pub mod answer {
     /// D11: more deliveries in flight on this worker than `--max-inflight-deliveries`.
     pub const OVERLOADED: &[u8] =
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+    /// An event over `--max-attributes` or whose head would be over `--max-header-bytes`: its
+    /// body was read, so the connection goes on.
+    pub const EVENT_TOO_LARGE: &[u8] =
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n";
     /// Probes while draining (D13), as upstream's drainer answers them.
     pub const SHUTTING_DOWN: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nshutting down";
     // Answers after which the connection is closed.
@@ -507,6 +983,8 @@ pub mod answer {
     pub const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
     pub const NOT_IMPLEMENTED: &[u8] =
         b"HTTP/1.1 501 Not Implemented\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+    /// The worker's budget of buffered body bytes is used up; the body was not read.
+    pub const OVERLOADED_CLOSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
     pub const TIMEOUT: &[u8] =
         b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 }
@@ -518,6 +996,10 @@ mod tests {
     fn parse(raw: &[u8]) -> Result<(bool, RequestHead), HeadError> {
         let mut h = RequestHead::new();
         parse_request(raw, 64 << 10, 128, &mut h).map(|done| (done, h))
+    }
+
+    fn malformed(raw: &[u8]) -> bool {
+        matches!(parse(raw), Err(HeadError::Malformed(_)))
     }
 
     #[test]
@@ -546,20 +1028,144 @@ mod tests {
         );
     }
 
+    /// A head that arrives one byte per read is searched and parsed in linear work in all (it was
+    /// re-parsed from its first byte on every read: quadratic).
+    #[test]
+    fn a_trickled_head_costs_linear_work() {
+        let mut raw = b"POST / HTTP/1.1\r\nHost: h\r\nX-Pad: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'p', 60_000));
+        raw.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        let mut h = RequestHead::new();
+        let mut work = 0;
+        for n in 1..raw.len() {
+            assert_eq!(parse_request(&raw[..n], 64 << 10, 128, &mut h), Ok(false));
+            work = h.scan.work;
+        }
+        assert!(parse_request(&raw, 64 << 10, 128, &mut h).unwrap());
+        // Quadratic would be ~1.8e9; linear is a few times the length.
+        assert!(
+            work <= 5 * raw.len(),
+            "{work} bytes of work for a {}-byte head",
+            raw.len()
+        );
+        // And the same for a response head.
+        let mut resp = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        resp.extend(std::iter::repeat_n(b'p', 60_000));
+        resp.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        let mut scan = HeadScan::default();
+        for n in 1..resp.len() {
+            assert!(parse_response(&resp[..n], 64 << 10, &mut scan)
+                .unwrap()
+                .is_none());
+            work = scan.work;
+        }
+        assert!(work <= 5 * resp.len(), "{work} for {}", resp.len());
+        assert!(parse_response(&resp, 64 << 10, &mut scan)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn garbage_is_refused_before_the_head_ends() {
+        let mut h = RequestHead::new();
+        assert!(matches!(
+            parse_request(b"\x01\x02\x03 not http at all", 64 << 10, 128, &mut h),
+            Err(HeadError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_skipped() {
+        let raw = b"\r\n\r\nPOST / HTTP/1.1\r\nHost: h\r\n\r\nrest";
+        let (done, h) = parse(raw).unwrap();
+        assert!(done);
+        assert_eq!(&raw[h.len..], b"rest");
+        assert_eq!(&raw[h.host.unwrap()], b"h");
+    }
+
+    #[test]
+    fn bare_lf_in_the_head_is_refused() {
+        assert!(malformed(b"POST / HTTP/1.1\nHost: h\n\n"));
+        assert!(malformed(b"POST / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n"));
+    }
+
     #[test]
     fn smuggling_shapes_are_refused() {
-        assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
-            Err(HeadError::Malformed(_))
+        let h = "POST / HTTP/1.1\r\nHost: h\r\n";
+        let te = |v: &str| parse(format!("{h}{v}\r\n").as_bytes());
+        assert!(malformed(
+            format!("{h}Content-Length: 1\r\nContent-Length: 2\r\n\r\n").as_bytes()
         ));
-        assert!(matches!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Err(HeadError::Malformed(_))
+        assert!(malformed(
+            format!("{h}Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes()
         ));
+        for unknown in [
+            "Transfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: identity\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            assert_eq!(
+                te(unknown).unwrap_err(),
+                HeadError::UnsupportedTransferEncoding,
+                "{unknown}"
+            );
+        }
+        for bad in [
+            "Transfer-Encoding: chunked, gzip\r\n",
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: \r\n",
+            "Transfer-Encoding: chu nked\r\n",
+        ] {
+            assert!(matches!(te(bad), Err(HeadError::Malformed(_))), "{bad}");
+        }
+        let (_, ok) = te("Transfer-Encoding: Chunked\r\n").unwrap();
+        assert!(ok.chunked);
+        assert!(malformed(
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn host_is_required_single_and_valid() {
+        assert!(malformed(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+        assert!(malformed(b"POST / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"));
+        for bad in ["a b", "x:80x", "[::1", "a@b", "a/b", "h:123456"] {
+            assert!(
+                malformed(format!("POST / HTTP/1.1\r\nHost: {bad}\r\n\r\n").as_bytes()),
+                "{bad}"
+            );
+        }
+        for ok in [
+            "a.b",
+            "a.b:80",
+            "[::1]:8080",
+            "10.0.0.1:8080",
+            "",
+            "x_y.svc",
+        ] {
+            assert!(
+                parse(format!("POST / HTTP/1.1\r\nHost: {ok}\r\n\r\n").as_bytes()).is_ok(),
+                "{ok}"
+            );
+        }
+        // HTTP/1.0 may leave Host out.
+        assert!(parse(b"POST /ns/ch HTTP/1.0\r\n\r\n").unwrap().0);
+    }
+
+    #[test]
+    fn absolute_form_authority_overrides_host() {
+        let raw =
+            b"POST http://ch-kn-channel.ns.svc.cluster.local:80/ HTTP/1.1\r\nHost: other\r\n\r\n";
+        let (_, h) = parse(raw).unwrap();
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap_err(),
-            HeadError::UnsupportedTransferEncoding
+            &raw[h.host.unwrap()],
+            b"ch-kn-channel.ns.svc.cluster.local:80"
         );
+        assert!(malformed(b"POST http:///x HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(malformed(b"POST http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert!(malformed(b"POST ftp://h/ HTTP/1.1\r\nHost: h\r\n\r\n"));
     }
 
     #[test]
@@ -572,7 +1178,7 @@ mod tests {
                 .keep_alive
         );
         assert!(
-            !parse(b"POST / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            !parse(b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
                 .unwrap()
                 .1
                 .keep_alive
@@ -582,20 +1188,21 @@ mod tests {
     #[test]
     fn probes_are_recognised() {
         assert_eq!(
-            parse(b"GET /x HTTP/1.1\r\nUser-Agent: kube-probe/1.30\r\n\r\n")
+            parse(b"GET /x HTTP/1.1\r\nHost: h\r\nUser-Agent: kube-probe/1.30\r\n\r\n")
                 .unwrap()
                 .1
                 .probe,
             Probe::Kubelet
         );
-        let raw = b"GET / HTTP/1.1\r\nK-Network-Hash: h1\r\nK-Network-Probe: probe\r\n\r\n";
+        let raw =
+            b"GET / HTTP/1.1\r\nHost: h\r\nK-Network-Hash: h1\r\nK-Network-Probe: probe\r\n\r\n";
         let (_, h) = parse(raw).unwrap();
         match h.probe {
             Probe::Network(Some(r)) => assert_eq!(&raw[r], b"h1"),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            parse(b"GET / HTTP/1.1\r\nK-Network-Hash: h1\r\n\r\n")
+            parse(b"GET / HTTP/1.1\r\nHost: h\r\nK-Network-Hash: h1\r\n\r\n")
                 .unwrap()
                 .1
                 .probe,
@@ -603,53 +1210,182 @@ mod tests {
         );
     }
 
-    #[test]
-    fn chunked_body_decodes_across_reads() {
+    /// Decodes `input` fed in pieces of `step` bytes; the body and what is left after it.
+    fn dechunk(input: &[u8], step: usize, max: usize) -> Result<(Vec<u8>, Vec<u8>), ChunkError> {
         let mut dec = ChunkedDecoder::default();
         let mut out = BytesMut::new();
-        let mut input = BytesMut::from(&b"4\r\nWiki\r\n5;ext=1\r\npe"[..]);
-        assert!(!dec.decode(&mut input, &mut out, 100).unwrap());
-        input.extend_from_slice(b"dia\r\n0\r\nTrailer: x\r\n\r\nNEXT");
-        assert!(dec.decode(&mut input, &mut out, 100).unwrap());
-        assert_eq!(&out[..], b"Wikipedia");
-        assert_eq!(&input[..], b"NEXT");
+        let mut buf = BytesMut::new();
+        for (i, piece) in input.chunks(step.max(1)).enumerate() {
+            buf.extend_from_slice(piece);
+            if dec.decode(&mut buf, &mut out, max)? {
+                let fed = ((i + 1) * step.max(1)).min(input.len());
+                buf.extend_from_slice(&input[fed..]);
+                return Ok((out.to_vec(), buf.to_vec()));
+            }
+        }
+        Err(ChunkError::Malformed) // incomplete: not what these tests feed
+    }
+
+    #[test]
+    fn chunked_body_decodes_across_reads() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, body.len()] {
+            let (out, rest) = dechunk(body, step, 100).unwrap();
+            assert_eq!(out, b"Wikipedia", "step {step}");
+            assert_eq!(rest, b"NEXT", "step {step}");
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_follow_the_grammar() {
+        for ok in [
+            "5;name=value\r\n",
+            "5;name=\"quoted; value\"\r\n",
+            "5 ; name\r\n",
+            "5;a;b=c ;d = \"e\\\"f\"\r\n",
+            "0005\r\n",
+        ] {
+            let body = format!("{ok}hello\r\n0\r\n\r\n");
+            assert_eq!(
+                dechunk(body.as_bytes(), 1, 100).unwrap().0,
+                b"hello",
+                "{ok:?}"
+            );
+        }
+        let upper = dechunk(b"A\r\n0123456789\r\n0\r\n\r\n", 1, 100).unwrap();
+        assert_eq!(upper.0, b"0123456789");
+        for bad in [
+            "5;\nQQQ",
+            "\r\n",
+            "g\r\n",
+            "5\n",
+            "5\x00\r\n",
+            "5;a=\x01\r\n",
+            " 5\r\n",
+            "5 \r\n",
+            "-5\r\n",
+            "0x5\r\n",
+            "fffffffffffffffff\r\n",
+            "5;\r\n",
+            "5;a=\r\n",
+            "5;a=\"x\"y\r\n",
+            "5 =x\r\n",
+            "5;a b\r\n",
+            "5\r\r\n",
+        ] {
+            let body = format!("{bad}hello\r\n0\r\n\r\n");
+            assert_eq!(
+                dechunk(body.as_bytes(), 1, 1 << 20).unwrap_err(),
+                ChunkError::Malformed,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            dechunk(b"5\r\nhelloXX0\r\n\r\n", 1, 100).unwrap_err(),
+            ChunkError::Malformed,
+            "data not followed by CRLF"
+        );
+    }
+
+    #[test]
+    fn trailers_are_field_lines_ended_by_crlf() {
+        let (out, rest) = dechunk(b"1\r\nx\r\n0\r\nA: 1\r\nB:2 \r\n\r\nPOST", 1, 10).unwrap();
+        assert_eq!((&out[..], &rest[..]), (&b"x"[..], &b"POST"[..]));
+        for bad in [
+            "0\r\nX-T: v\n\r\n",
+            "0\r\nno-colon\r\n\r\n",
+            "0\r\n X-T: v\r\n\r\n",
+            "0\r\n: v\r\n\r\n",
+            "0\r\nX-T: v\nPOST / HTTP/1.1\r\nHost: h\r\n\r\n",
+            "0\r\nX-T: a\x00b\r\n\r\n",
+            "0\r\n\n",
+        ] {
+            assert_eq!(
+                dechunk(bad.as_bytes(), 1, 10).unwrap_err(),
+                ChunkError::Malformed,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
     fn chunked_body_over_the_limit_is_refused() {
+        assert_eq!(
+            dechunk(b"10\r\n0123456789abcdef\r\n0\r\n\r\n", 1, 8).unwrap_err(),
+            ChunkError::TooLarge
+        );
+        assert_eq!(dechunk(b"zz\r\n", 1, 8).unwrap_err(), ChunkError::Malformed);
+    }
+
+    /// An announced chunk size is never reserved: 32 MB announced, 5 bytes sent.
+    #[test]
+    fn announced_chunk_size_is_not_reserved() {
         let mut dec = ChunkedDecoder::default();
         let mut out = BytesMut::new();
-        let mut input = BytesMut::from(&b"10\r\n0123456789abcdef\r\n0\r\n\r\n"[..]);
-        assert_eq!(
-            dec.decode(&mut input, &mut out, 8),
-            Err(ChunkError::TooLarge)
-        );
-        let mut input = BytesMut::from(&b"zz\r\n"[..]);
-        assert_eq!(
-            ChunkedDecoder::default().decode(&mut input, &mut out, 8),
-            Err(ChunkError::Malformed)
-        );
+        let mut buf = BytesMut::from(&b"1e84800\r\nhello"[..]);
+        assert_eq!(dec.decode(&mut buf, &mut out, 64 << 20), Ok(false));
+        assert_eq!(&out[..], b"hello");
+        assert!(out.capacity() < 1 << 20, "{}", out.capacity());
+    }
+
+    fn response(raw: &[u8]) -> Result<Option<ResponseHead>, &'static str> {
+        parse_response(raw, 1024, &mut HeadScan::default())
     }
 
     #[test]
     fn response_framing() {
-        let h = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", 1024)
+        let h = response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
             .unwrap()
             .unwrap();
         assert_eq!(
             (h.status, h.content_length, h.keep_alive),
             (200, Some(3), true)
         );
-        let h = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", 1024)
-            .unwrap()
-            .unwrap();
+        let h = response(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive, "close-delimited body");
-        let h = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 1024)
+        let h = response(b"HTTP/1.1 204 No Content\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(h.bodiless() && h.keep_alive);
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n", 1024)
+        assert!(response(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
+        // A bare LF is a line end in a response (RFC 9112 §2.2 lets a client accept it).
+        let h = response(b"HTTP/1.1 202 Accepted\nContent-Length: 0\n\n")
             .unwrap()
-            .is_none());
+            .unwrap();
+        assert_eq!(h.status, 202);
+    }
+
+    #[test]
+    fn conflicting_response_lengths_are_a_protocol_error() {
+        assert!(
+            response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n").is_err()
+        );
+        let same = response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab")
+            .unwrap()
+            .unwrap();
+        assert_eq!(same.content_length, Some(2));
+        let both =
+            response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(both.chunked && both.content_length.is_none() && !both.keep_alive);
+    }
+
+    #[test]
+    fn authorities() {
+        for ok in [
+            "h",
+            "h:1",
+            "[::1]",
+            "[::1]:80",
+            "a-b.c_d~e",
+            "%41",
+            "1.2.3.4",
+        ] {
+            assert!(is_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["a b", "h:x", "[::1]x", "%4", "a@b", "[]"] {
+            assert!(!is_authority(bad.as_bytes()), "{bad}");
+        }
     }
 }

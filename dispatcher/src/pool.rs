@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use monoio::net::TcpStream;
 
 use crate::buffer::read_into;
 use crate::delivery::Failure;
-use crate::http::{parse_response, ChunkedDecoder};
+use crate::http::{parse_response, ChunkedDecoder, HeadScan};
 use crate::metrics::WorkerRegistry;
 use crate::routing::Dest;
 
@@ -36,6 +37,9 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
 /// Responses are usually a few hundred bytes; the buffer grows for larger ones.
 const READ_CHUNK: usize = 4 << 10;
+/// `100 Continue` answers accepted before the final response (Go's client allows 5 interim
+/// responses). An endless stream of them is a protocol failure, not a loop.
+const MAX_CONTINUES: usize = 8;
 
 /// A complete response from a target. `head` and `body` are slices of the connection's buffer.
 #[derive(Debug)]
@@ -50,6 +54,8 @@ struct Conn {
     buf: BytesMut,
     iov: Vec<libc::iovec>,
     idle_since: Instant,
+    /// Where the search for the end of the response head stands (linear in a trickled head).
+    scan: HeadScan,
 }
 
 impl Conn {
@@ -59,7 +65,27 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             iov: Vec::with_capacity(4),
             idle_since: Instant::now(),
+            scan: HeadScan::default(),
         }
+    }
+
+    /// Whether an idle connection can carry a request: the peer has sent nothing since its last
+    /// response (bytes would be an unsolicited response that the next request would be blamed
+    /// for, and EOF a connection it closed). One non-blocking `recv` with `MSG_PEEK`, per reuse.
+    fn is_clean(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: `recv` writes at most one byte into `byte`, which outlives the call; the fd is
+        // this connection's open socket, and an idle connection has no operation in flight that
+        // could race with the peek (MSG_PEEK leaves the socket's data where it is).
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
     async fn read_more(&mut self, want: usize) -> io::Result<usize> {
@@ -230,19 +256,25 @@ impl Pool {
         })
     }
 
+    /// The most recently used idle connection that is still clean (see [`Conn::is_clean`]);
+    /// expired and dirty ones are closed on the way.
     fn take(&self, idle: &IdleList) -> Option<Conn> {
         let mut list = idle.0.borrow_mut();
-        // Most recently used first; anything older than the freshest expired one is older still.
-        let conn = list.pop()?;
-        let idle = &self.stats.pool_idle;
-        if conn.idle_since.elapsed() < IDLE_TIMEOUT {
-            idle.set(idle.get() - 1);
-            Some(conn)
-        } else {
-            idle.set(idle.get() - 1 - list.len() as u64);
-            list.clear();
-            None
+        let gauge = &self.stats.pool_idle;
+        while let Some(conn) = list.pop() {
+            if conn.idle_since.elapsed() >= IDLE_TIMEOUT {
+                // Most recently used first: anything older than an expired one is older still.
+                gauge.set(gauge.get() - 1 - list.len() as u64);
+                list.clear();
+                return None;
+            }
+            gauge.set(gauge.get() - 1);
+            if conn.is_clean() {
+                return Some(conn);
+            }
+            // Unsolicited bytes or EOF: never used, closed here.
         }
+        None
     }
 
     fn put(&self, idle: &IdleList, mut conn: Conn) {
@@ -350,15 +382,26 @@ impl Pool {
         let fail = |f: Failure| ExchangeError::Failed(f);
 
         let mut got_any = !conn.buf.is_empty();
+        let mut continues = 0;
+        conn.scan.reset();
         let rh = loop {
             // An empty buffer (the usual case right after the request went out) cannot hold a
             // head: read first instead of parsing nothing.
             if !conn.buf.is_empty() {
-                match parse_response(&conn.buf, MAX_RESPONSE_HEAD) {
-                    // Interim responses (100 Continue and friends) are skipped.
-                    Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                match parse_response(&conn.buf, MAX_RESPONSE_HEAD, &mut conn.scan) {
+                    // `100 Continue` is skipped, a bounded number of times.
+                    Ok(Some(h)) if h.status == 100 && continues < MAX_CONTINUES => {
+                        continues += 1;
                         conn.buf.advance(h.len);
                         continue;
+                    }
+                    Ok(Some(h)) if h.status == 100 => {
+                        return Err(fail(Failure::Protocol("too many 100 Continue responses")))
+                    }
+                    // We never ask to switch protocols nor for hints: any other 1xx means the
+                    // peer is not answering this request. The connection is dropped.
+                    Ok(Some(h)) if (100..200).contains(&h.status) => {
+                        return Err(fail(Failure::Protocol("unexpected 1xx response")))
                     }
                     Ok(Some(h)) => break h,
                     Ok(None) => {}

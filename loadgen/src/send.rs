@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use imc_dispatcher::buffer::read_into;
-use imc_dispatcher::http::{parse_response, ChunkedDecoder};
+use imc_dispatcher::http::{parse_response, ChunkedDecoder, HeadScan};
 use imc_dispatcher::worker::Driver;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -238,8 +238,9 @@ async fn read_response(
     buf: &mut BytesMut,
     scratch: &mut BytesMut,
 ) -> Outcome {
+    let mut scan = HeadScan::default();
     loop {
-        match parse_response(buf, MAX_RESPONSE_HEAD) {
+        match parse_response(buf, MAX_RESPONSE_HEAD, &mut scan) {
             Ok(Some(head)) => {
                 let _ = buf.split_to(head.len);
                 if (100..200).contains(&head.status) {
