@@ -4,7 +4,7 @@
 //! throughput grows with size; structured bodies are scanned as JSON.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use imc_bench::{binary_request, scratch, split, structured_request};
+use imc_bench::{binary_request, scratch, split, structured_request, CE_LIMITS};
 use imc_dispatcher::cloudevent::write_binary_head;
 
 const SIZES: [usize; 4] = [100, 1 << 10, 16 << 10, 256 << 10];
@@ -30,6 +30,7 @@ fn validate(c: &mut Criterion) {
                         ct.as_deref(),
                         body.clone(),
                         &mut out,
+                        CE_LIMITS,
                     );
                     black_box(r.unwrap())
                 })

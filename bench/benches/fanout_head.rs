@@ -4,7 +4,7 @@
 //! `cargo bench -p imc-bench --bench fanout_head`. Throughput in subscriber requests.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use imc_bench::{binary_request, channel_set, scratch, split};
+use imc_bench::{binary_request, channel_set, scratch, split, CE_LIMITS};
 use imc_dispatcher::cloudevent::write_binary_head;
 use imc_dispatcher::delivery::put_content_length;
 use imc_dispatcher::routing::{Key, Table};
@@ -31,6 +31,7 @@ fn heads(c: &mut Criterion) {
                     ct.as_deref(),
                     body.clone(),
                     &mut out,
+                    CE_LIMITS,
                 )
                 .unwrap();
                 put_content_length(&mut out, data.len());

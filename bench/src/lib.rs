@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use imc_dispatcher::channels::{BuildOptions, ChannelSet, FileLoad};
+use imc_dispatcher::cloudevent::CeLimits;
 use imc_dispatcher::http::{parse_request, RequestHead};
 
 /// A binary-mode CloudEvent request as wrk's `ce.lua` sends it, with a body of `size` bytes.
@@ -72,6 +73,12 @@ pub fn channel_set(n: usize, subs: usize) -> ChannelSet {
 }
 
 /// A scratch buffer like a worker's event-head buffer.
+/// The event limits of the dispatcher's defaults (`--max-attributes`, `--max-header-bytes`).
+pub const CE_LIMITS: CeLimits = CeLimits {
+    max_attributes: 128,
+    max_head: 64 << 10,
+};
+
 pub fn scratch() -> BytesMut {
     BytesMut::with_capacity(64 << 10)
 }

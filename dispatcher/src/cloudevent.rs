@@ -9,11 +9,12 @@
 //! D6: `time` is validated as RFC 3339 and forwarded byte for byte (upstream re-writes it in UTC).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::http::{trim, HeaderRange};
@@ -31,6 +32,29 @@ pub enum CeError {
     InvalidExtensionName,
     ExtensionValue,
     Json(String),
+    /// More attributes than `--max-attributes` (413).
+    TooManyAttributes(usize),
+    /// The binary-mode head the event would need is over `--max-header-bytes` (413).
+    HeadTooLarge(usize),
+}
+
+impl CeError {
+    /// Whether the event was refused for a size limit (413) rather than as invalid (400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            CeError::TooManyAttributes(_) | CeError::HeadTooLarge(_)
+        )
+    }
+}
+
+/// The bounds an event must fit in, whatever its mode.
+#[derive(Debug, Clone, Copy)]
+pub struct CeLimits {
+    /// Attributes (core and extensions) in one event.
+    pub max_attributes: usize,
+    /// Bytes of the binary-mode head written for the event (the attribute and passthrough lines).
+    pub max_head: usize,
 }
 
 impl fmt::Display for CeError {
@@ -44,13 +68,24 @@ impl fmt::Display for CeError {
             CeError::Missing(a) => write!(f, "required attribute `{a}` is missing"),
             CeError::Blank(a) => write!(f, "attribute `{a}` is empty"),
             CeError::Invalid(a) => write!(f, "attribute `{a}` is invalid"),
-            CeError::InvalidExtensionName => {
-                f.write_str("extension name must be letters and digits and not a core attribute")
-            }
+            CeError::InvalidExtensionName => f.write_str(
+                "attribute names must be lower-case letters and digits (in structured mode) \
+                 and an extension must not reuse a core attribute's name",
+            ),
             CeError::ExtensionValue => {
                 f.write_str("extension value must be a string, boolean or 32-bit integer")
             }
             CeError::Json(e) => write!(f, "structured event is not valid JSON: {e}"),
+            CeError::TooManyAttributes(max) => {
+                write!(
+                    f,
+                    "more than {max} attributes in one event (--max-attributes)"
+                )
+            }
+            CeError::HeadTooLarge(max) => write!(
+                f,
+                "the event's attributes need a head over {max} bytes (--max-header-bytes)"
+            ),
         }
     }
 }
@@ -102,26 +137,34 @@ fn media_type(ct: &[u8]) -> &[u8] {
 /// CRLF; the caller adds Content-Length and the blank line). Returns the body to deliver and the
 /// length of the attribute lines (`Ce-*`, `Content-Type`), which the passthrough lines follow.
 ///
-/// `head` is the frozen request head the ranges point into; `body` the inbound body.
+/// `head` is the frozen request head the ranges point into; `body` the inbound body. The event
+/// must fit `limits`: at most `max_attributes` attributes, and a written head of at most
+/// `max_head` bytes (a structured event's attributes become header lines: a 1 MB `id` would make
+/// a 1 MB head no subscriber accepts).
 pub fn write_binary_head(
     head: &[u8],
     headers: &[HeaderRange],
     content_type: Option<&[u8]>,
     body: Bytes,
     out: &mut BytesMut,
+    limits: CeLimits,
 ) -> Result<(Bytes, usize), CeError> {
     let start = out.len();
     let mt = content_type.map(media_type).unwrap_or(b"");
     let data = if mt.eq_ignore_ascii_case(b"application/cloudevents+json") {
-        write_structured(&body, out)?
+        write_structured(&body, out, limits.max_attributes)?
     } else if mt.eq_ignore_ascii_case(b"application/cloudevents-batch+json") {
         return Err(CeError::Batch);
     } else {
-        write_binary(head, headers, content_type, out)?;
+        write_binary(head, headers, content_type, out, limits.max_attributes)?;
         body
     };
     let attrs_len = out.len() - start;
     write_passthrough(head, headers, out);
+    if out.len() - start > limits.max_head {
+        out.truncate(start);
+        return Err(CeError::HeadTooLarge(limits.max_head));
+    }
     Ok((data, attrs_len))
 }
 
@@ -239,15 +282,8 @@ fn write_binary(
     headers: &[HeaderRange],
     content_type: Option<&[u8]>,
     out: &mut BytesMut,
+    max_attributes: usize,
 ) -> Result<(), CeError> {
-    // Only the first value of a repeated header counts (contract §2.2). Names of another length
-    // are skipped without being looked at.
-    let first = |i: usize, attr: &[u8]| {
-        !headers[..i].iter().any(|h| {
-            h.name.len() == CE_PREFIX.len() + attr.len()
-                && ce_name(head, h).is_some_and(|n| n.eq_ignore_ascii_case(attr))
-        })
-    };
     let spec = headers
         .iter()
         .find(|h| ce_name(head, h).is_some_and(|n| n.eq_ignore_ascii_case(b"specversion")))
@@ -258,12 +294,19 @@ fn write_binary(
         datacontenttype: content_type,
         ..Attrs::default()
     };
+    let repeats = Repeats::new(head, headers);
+    let mut count = 0;
     for (i, h) in headers.iter().enumerate() {
         let Some(attr) = ce_name(head, h) else {
             continue;
         };
-        if !first(i, attr) {
+        // Only the first value of a repeated header counts (contract §2.2).
+        if repeats.seen_before(i) {
             continue;
+        }
+        count += 1;
+        if count > max_attributes {
+            return Err(CeError::TooManyAttributes(max_attributes));
         }
         let value = &head[h.value.clone()];
         // Matched case-insensitively in place: no lower-cased copy of the name per header.
@@ -288,7 +331,9 @@ fn write_binary(
             continue;
         } else {
             // An extension: letters and digits only, and no core attribute's name (e.g. a
-            // `ce-datacontenttype` header collides with Content-Type).
+            // `ce-datacontenttype` header collides with Content-Type). Attributes of the other
+            // spec version (`schemaurl` in 1.0, `dataschema` in 0.3) are extensions here, as in
+            // structured mode.
             if !attr.iter().all(u8::is_ascii_alphanumeric) || version.is_core(attr) {
                 return Err(CeError::InvalidExtensionName);
             }
@@ -303,6 +348,72 @@ fn write_binary(
         put_header(out, b"Content-Type", ct);
     }
     Ok(())
+}
+
+/// Which `ce-*` headers repeat an earlier one (compared case-insensitively), found in time linear
+/// in the headers. A typical event has a handful of `ce-*` headers and compares them pairwise,
+/// which allocates nothing; past [`Repeats::PAIRWISE`] they are sorted once instead (one
+/// allocation, rare), so that a head of hundreds of attributes costs `n log n`, not `n²`.
+struct Repeats<'a> {
+    head: &'a [u8],
+    headers: &'a [HeaderRange],
+    /// Indexes of headers that repeat an earlier one, sorted; `None`: compare pairwise.
+    sorted: Option<Vec<usize>>,
+}
+
+impl<'a> Repeats<'a> {
+    const PAIRWISE: usize = 16;
+
+    fn new(head: &'a [u8], headers: &'a [HeaderRange]) -> Repeats<'a> {
+        let ce = headers
+            .iter()
+            .filter(|h| ce_name(head, h).is_some())
+            .count();
+        if ce <= Self::PAIRWISE {
+            return Repeats {
+                head,
+                headers,
+                sorted: None,
+            };
+        }
+        let lower = |i: &usize| {
+            ce_name(head, &headers[*i])
+                .unwrap_or_default()
+                .iter()
+                .map(u8::to_ascii_lowercase)
+        };
+        let mut order: Vec<usize> = (0..headers.len())
+            .filter(|&i| ce_name(head, &headers[i]).is_some())
+            .collect();
+        // Stable: within one name, the first header stays first.
+        order.sort_by(|a, b| lower(a).cmp(lower(b)));
+        let mut repeated: Vec<usize> = order
+            .windows(2)
+            .filter(|w| lower(&w[0]).eq(lower(&w[1])))
+            .map(|w| w[1])
+            .collect();
+        repeated.sort_unstable();
+        Repeats {
+            head,
+            headers,
+            sorted: Some(repeated),
+        }
+    }
+
+    fn seen_before(&self, i: usize) -> bool {
+        match &self.sorted {
+            Some(repeated) => repeated.binary_search(&i).is_ok(),
+            None => {
+                let Some(attr) = ce_name(self.head, &self.headers[i]) else {
+                    return false;
+                };
+                self.headers[..i].iter().any(|h| {
+                    h.name.len() == CE_PREFIX.len() + attr.len()
+                        && ce_name(self.head, h).is_some_and(|n| n.eq_ignore_ascii_case(attr))
+                })
+            }
+        }
+    }
 }
 
 /// A JSON string borrowed from the body when it has no escapes, owned otherwise.
@@ -391,56 +502,148 @@ struct Structured<'a> {
     type_: Option<JsonStr<'a>>,
     subject: Option<JsonStr<'a>>,
     time: Option<JsonStr<'a>>,
-    dataschema: Option<JsonStr<'a>>,
-    schemaurl: Option<JsonStr<'a>>,
+    /// The three attributes whose meaning depends on the spec version (core in one, an extension
+    /// in the other), kept as extension values until the version is known.
+    dataschema: Option<ExtValue<'a>>,
+    schemaurl: Option<ExtValue<'a>>,
+    datacontentencoding: Option<ExtValue<'a>>,
     datacontenttype: Option<JsonStr<'a>>,
-    datacontentencoding: Option<JsonStr<'a>>,
     data: Option<&'a RawValue>,
     data_base64: Option<JsonStr<'a>>,
     /// Allocated only when the event has extensions.
     extensions: Vec<(JsonStr<'a>, ExtValue<'a>)>,
 }
 
-impl<'de> serde::Deserialize<'de> for Structured<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Structured<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+/// Reads a structured event's members with the bound on attributes applied while reading: an
+/// event of 80,000 members is refused at member `max_attributes + 1`, not after all of them were
+/// read. A refusal is left in `refusal` and ends the parse with a placeholder error.
+struct StructuredSeed<'c> {
+    max_attributes: usize,
+    refusal: &'c Cell<Option<CeError>>,
+}
+
+/// A CloudEvents attribute name in structured mode: JSON keys are case-sensitive, and the spec
+/// allows only lower-case ASCII letters and digits (its 20-character length is a SHOULD, so longer
+/// names are accepted).
+fn is_attribute_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+impl<'de> DeserializeSeed<'de> for StructuredSeed<'_> {
+    type Value = Structured<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StructuredSeed<'_> {
+    type Value = Structured<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let refuse = |e: CeError| {
+            self.refusal.set(Some(e));
+            de::Error::custom("refused")
+        };
+        let mut ev = Structured::default();
+        let mut attributes = 0;
+        while let Some(key) = map.next_key::<JsonStr<'de>>()? {
+            let name = key.0.as_ref();
+            if name == "data" {
+                ev.data = Some(map.next_value()?);
+                continue;
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut ev = Structured::default();
-                while let Some(key) = map.next_key::<JsonStr<'de>>()? {
-                    let slot = match key.0.as_ref() {
-                        "specversion" => &mut ev.specversion,
-                        "id" => &mut ev.id,
-                        "source" => &mut ev.source,
-                        "type" => &mut ev.type_,
-                        "subject" => &mut ev.subject,
-                        "time" => &mut ev.time,
-                        "dataschema" => &mut ev.dataschema,
-                        "schemaurl" => &mut ev.schemaurl,
-                        "datacontenttype" => &mut ev.datacontenttype,
-                        "datacontentencoding" => &mut ev.datacontentencoding,
-                        "data_base64" => &mut ev.data_base64,
-                        "data" => {
-                            ev.data = Some(map.next_value()?);
-                            continue;
-                        }
-                        _ => {
-                            let value: ExtValue<'de> = map.next_value()?;
-                            ev.extensions.retain(|(k, _)| k.0 != key.0);
-                            ev.extensions.push((key, value));
-                            continue;
-                        }
-                    };
-                    *slot = Some(map.next_value()?);
+            if name == "data_base64" {
+                ev.data_base64 = Some(map.next_value()?);
+                continue;
+            }
+            attributes += 1;
+            if attributes > self.max_attributes {
+                return Err(refuse(CeError::TooManyAttributes(self.max_attributes)));
+            }
+            if !is_attribute_name(name) {
+                return Err(refuse(CeError::InvalidExtensionName));
+            }
+            // A repeated member: the last one wins, as Go's JSON decoding does.
+            let slot = match name {
+                "specversion" => &mut ev.specversion,
+                "id" => &mut ev.id,
+                "source" => &mut ev.source,
+                "type" => &mut ev.type_,
+                "subject" => &mut ev.subject,
+                "time" => &mut ev.time,
+                "datacontenttype" => &mut ev.datacontenttype,
+                "dataschema" => {
+                    ev.dataschema = Some(map.next_value()?);
+                    continue;
                 }
-                Ok(ev)
+                "schemaurl" => {
+                    ev.schemaurl = Some(map.next_value()?);
+                    continue;
+                }
+                "datacontentencoding" => {
+                    ev.datacontentencoding = Some(map.next_value()?);
+                    continue;
+                }
+                _ => {
+                    let value: ExtValue<'de> = map.next_value()?;
+                    ev.extensions.push((key, value));
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(ev)
+    }
+}
+
+impl<'a> Structured<'a> {
+    /// Moves the attributes that belong to the other spec version into the extensions (they are
+    /// forwarded as extensions, as binary mode forwards their headers), and keeps one extension
+    /// per name, the last, in `n log n` (a quadratic scan per key is what an event with 80,000
+    /// extensions exploited).
+    fn settle(&mut self, version: SpecVersion) {
+        let foreign: [(&'static str, Option<ExtValue<'a>>); 2] = match version {
+            SpecVersion::V1 => [
+                ("schemaurl", self.schemaurl.take()),
+                ("datacontentencoding", self.datacontentencoding.take()),
+            ],
+            SpecVersion::V03 => [("dataschema", self.dataschema.take()), ("", None)],
+        };
+        for (name, value) in foreign {
+            if let Some(v) = value {
+                self.extensions.push((JsonStr(Cow::Borrowed(name)), v));
             }
         }
-        d.deserialize_map(V)
+        if self.extensions.len() > 1 {
+            // Stable: among equal names, arrival order is kept, so the last is the last.
+            self.extensions.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
+            self.extensions.dedup_by(|later, earlier| {
+                let same = later.0 .0 == earlier.0 .0;
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
+        }
+    }
+}
+
+/// A version-dependent core attribute: only a string is valid.
+fn core_str<'s>(
+    v: &'s Option<ExtValue<'_>>,
+    name: &'static str,
+) -> Result<Option<&'s [u8]>, CeError> {
+    match v {
+        None | Some(ExtValue::Null) => Ok(None),
+        Some(ExtValue::Str(s)) => header_safe(s).map(Some),
+        Some(_) => Err(CeError::Invalid(name)),
     }
 }
 
@@ -467,17 +670,36 @@ fn opt_bytes<'s>(v: &'s Option<JsonStr<'_>>) -> Result<Option<&'s [u8]>, CeError
     v.as_ref().map(|s| header_safe(&s.0)).transpose()
 }
 
-fn write_structured(body: &Bytes, out: &mut BytesMut) -> Result<Bytes, CeError> {
-    let ev: Structured<'_> =
-        serde_json::from_slice(body).map_err(|e| CeError::Json(e.to_string()))?;
+fn write_structured(
+    body: &Bytes,
+    out: &mut BytesMut,
+    max_attributes: usize,
+) -> Result<Bytes, CeError> {
+    let refusal = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = StructuredSeed {
+        max_attributes,
+        refusal: &refusal,
+    }
+    .deserialize(&mut de)
+    .and_then(|ev| de.end().map(|()| ev));
+    let mut ev = match parsed {
+        Ok(ev) => ev,
+        Err(e) => {
+            return Err(refusal
+                .take()
+                .unwrap_or_else(|| CeError::Json(e.to_string())))
+        }
+    };
     let spec = ev
         .specversion
-        .as_ref()
+        .take()
         .ok_or(CeError::Missing("specversion"))?;
     let version = SpecVersion::parse(spec.0.as_bytes())?;
+    ev.settle(version);
     let schema = match version {
-        SpecVersion::V1 => &ev.dataschema,
-        SpecVersion::V03 => &ev.schemaurl,
+        SpecVersion::V1 => core_str(&ev.dataschema, "dataschema")?,
+        SpecVersion::V03 => core_str(&ev.schemaurl, "schemaurl")?,
     };
     let attrs = Attrs {
         id: opt_bytes(&ev.id)?,
@@ -485,7 +707,7 @@ fn write_structured(body: &Bytes, out: &mut BytesMut) -> Result<Bytes, CeError> 
         type_: opt_bytes(&ev.type_)?,
         subject: opt_bytes(&ev.subject)?,
         time: opt_bytes(&ev.time)?,
-        dataschema: opt_bytes(schema)?,
+        dataschema: schema,
         datacontenttype: opt_bytes(&ev.datacontenttype)?,
     };
     attrs.validate(version)?;
@@ -517,7 +739,7 @@ fn write_structured(body: &Bytes, out: &mut BytesMut) -> Result<Bytes, CeError> 
         match value {
             ExtValue::Str(s) => put_ce_header(out, n, header_safe(s)?),
             ExtValue::Bool(b) => put_ce_header(out, n, if *b { b"true" } else { b"false" }),
-            ExtValue::Int(i) => put_ce_header(out, n, i.to_string().as_bytes()),
+            ExtValue::Int(i) => put_ce_header(out, n, itoa::Buffer::new().format(*i).as_bytes()),
             ExtValue::Null => {}
         }
     }
@@ -526,10 +748,7 @@ fn write_structured(body: &Bytes, out: &mut BytesMut) -> Result<Bytes, CeError> 
     }
     let mt = attrs.datacontenttype.map(media_type).unwrap_or(b"");
     let base64_03 = version == SpecVersion::V03
-        && ev
-            .datacontentencoding
-            .as_ref()
-            .is_some_and(|e| e.0.eq_ignore_ascii_case("base64"));
+        && matches!(&ev.datacontentencoding, Some(ExtValue::Str(e)) if e.eq_ignore_ascii_case("base64"));
     match (ev.data, &ev.data_base64) {
         (Some(_), Some(_)) => Err(CeError::Invalid("data and data_base64 together")),
         (None, Some(b64)) => decode_base64(&b64.0),
@@ -805,12 +1024,18 @@ mod tests {
         let body = Bytes::copy_from_slice(&raw[head.len..]);
         let mut out = BytesMut::new();
         let ct = head.content_type.clone().map(|r| &frozen[r]);
-        let (data, attrs_len) = write_binary_head(&frozen, &head.headers, ct, body, &mut out)?;
+        let (data, attrs_len) =
+            write_binary_head(&frozen, &head.headers, ct, body, &mut out, LIMITS)?;
         assert!(attrs_len <= out.len());
         Ok((String::from_utf8(out.to_vec()).unwrap(), data))
     }
 
-    const E1: &[u8] = b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: e1\r\nce-source: /src\r\nce-type: t.e1\r\ncontent-type: application/json\r\n\r\n{\"k\":1}";
+    const LIMITS: CeLimits = CeLimits {
+        max_attributes: 128,
+        max_head: 64 << 10,
+    };
+
+    const E1: &[u8] = b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-id: e1\r\nce-source: /src\r\nce-type: t.e1\r\ncontent-type: application/json\r\n\r\n{\"k\":1}";
 
     #[test]
     fn binary_event_is_forwarded_with_canonical_names() {
@@ -825,12 +1050,12 @@ mod tests {
     #[test]
     fn binary_validation_failures() {
         let cases: [(&[u8], CeError); 6] = [
-            (b"POST / HTTP/1.1\r\ncontent-type: application/json\r\n\r\n", CeError::UnknownEncoding),
-            (b"POST / HTTP/1.1\r\nce-specversion: 10.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::UnknownSpecVersion),
-            (b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::Missing("id")),
-            (b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id:    \r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::Blank("id")),
-            (b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-my-ext: x\r\n\r\n", CeError::InvalidExtensionName),
-            (b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-datacontenttype: x/y\r\n\r\n", CeError::InvalidExtensionName),
+            (b"POST / HTTP/1.1\r\nHost: h\r\ncontent-type: application/json\r\n\r\n", CeError::UnknownEncoding),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 10.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::UnknownSpecVersion),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::Missing("id")),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-id:    \r\nce-source: /s\r\nce-type: t\r\n\r\n", CeError::Blank("id")),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-my-ext: x\r\n\r\n", CeError::InvalidExtensionName),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-datacontenttype: x/y\r\n\r\n", CeError::InvalidExtensionName),
         ];
         for (raw, want) in cases {
             assert_eq!(
@@ -844,7 +1069,7 @@ mod tests {
 
     #[test]
     fn structured_event_becomes_binary_with_data_sliced() {
-        let raw = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json; charset=utf-8\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s1\",\"source\":\"/src\",\"type\":\"t\",\"datacontenttype\":\"application/json\",\"data\":{\"m\":\"hi\"},\"ext1\":\"v\",\"n\":3.9,\"b\":true,\"z\":null}";
+        let raw = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json; charset=utf-8\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s1\",\"source\":\"/src\",\"type\":\"t\",\"datacontenttype\":\"application/json\",\"data\":{\"m\":\"hi\"},\"ext1\":\"v\",\"n\":3.9,\"b\":true,\"z\":null}";
         let (head, body) = run(raw).unwrap();
         assert!(head.contains("Ce-Id: s1\r\n"), "{head}");
         assert!(head.contains("Ce-Ext1: v\r\n"));
@@ -857,27 +1082,158 @@ mod tests {
 
     #[test]
     fn structured_data_forms() {
-        let b64 = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"application/octet-stream\",\"data_base64\":\"AAEC\"}";
+        let b64 = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"application/octet-stream\",\"data_base64\":\"AAEC\"}";
         assert_eq!(&run(b64).unwrap().1[..], &[0u8, 1, 2]);
-        let text = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"text/plain\",\"data\":\"a\\nb\"}";
+        let text = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"text/plain\",\"data\":\"a\\nb\"}";
         assert_eq!(&run(text).unwrap().1[..], b"a\nb");
-        let bad = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"application/vnd.x+json\",\"data\":{}}";
+        let bad = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"datacontenttype\":\"application/vnd.x+json\",\"data\":{}}";
         assert!(run(bad).is_err());
-        let inject = b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\\r\\nX: y\",\"source\":\"/s\",\"type\":\"t\"}";
+        let inject = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\"s\\r\\nX: y\",\"source\":\"/s\",\"type\":\"t\"}";
         assert!(run(inject).is_err(), "CR/LF must never reach a header");
         assert!(matches!(
-            run(b"POST / HTTP/1.1\r\nContent-Type: application/cloudevents+json\r\n\r\n{"),
+            run(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n{"),
             Err(CeError::Json(_))
         ));
     }
 
     #[test]
     fn passthrough_headers_keep_names_and_values() {
-        let raw = b"POST / HTTP/1.1\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nKNATIVE-Multi: a\r\nKNATIVE-Multi: b\r\nFoo: bar\r\nAuthorization: x\r\ntraceparent: 00-1\r\n\r\n";
+        let raw = b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nKNATIVE-Multi: a\r\nKNATIVE-Multi: b\r\nFoo: bar\r\nAuthorization: x\r\ntraceparent: 00-1\r\n\r\n";
         let (head, _) = run(raw).unwrap();
         assert!(head.contains("KNATIVE-Multi: a\r\nKNATIVE-Multi: b\r\n"));
         assert!(head.contains("traceparent: 00-1\r\n"));
         assert!(!head.contains("Foo") && !head.contains("Authorization"));
+    }
+
+    fn structured_with(members: &str) -> Vec<u8> {
+        format!(
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n\
+             {{\"specversion\":\"1.0\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\"{members}}}"
+        )
+        .into_bytes()
+    }
+
+    fn with_limits(raw: &[u8], limits: CeLimits) -> Result<(String, Bytes), CeError> {
+        let mut head = RequestHead::new();
+        assert!(parse_request(raw, 1 << 20, 512, &mut head).unwrap());
+        let frozen = Bytes::copy_from_slice(&raw[..head.len]);
+        let body = Bytes::copy_from_slice(&raw[head.len..]);
+        let mut out = BytesMut::new();
+        let ct = head.content_type.clone().map(|r| &frozen[r]);
+        let (data, _) = write_binary_head(&frozen, &head.headers, ct, body, &mut out, limits)?;
+        Ok((String::from_utf8(out.to_vec()).unwrap(), data))
+    }
+
+    /// 80,000 extensions are refused at the bound, in time linear in what was read (a quadratic
+    /// de-duplication used to take seconds of CPU on one worker).
+    #[test]
+    fn attribute_count_is_bounded_in_both_modes() {
+        let many: String = (0..80_000).map(|i| format!(",\"e{i}\":\"v\"")).collect();
+        let start = std::time::Instant::now();
+        assert_eq!(
+            run(&structured_with(&many)).unwrap_err(),
+            CeError::TooManyAttributes(128)
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        let some: String = (0..100).map(|i| format!(",\"e{i}\":\"v\"")).collect();
+        assert!(run(&structured_with(&some)).is_ok());
+        let mut binary = b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\n".to_vec();
+        for i in 0..150 {
+            binary.extend(format!("ce-x{i}: v\r\n").as_bytes());
+        }
+        binary.extend(b"\r\n");
+        let lim = |max_attributes| CeLimits {
+            max_attributes,
+            max_head: 64 << 10,
+        };
+        assert_eq!(
+            with_limits(&binary, lim(128)).unwrap_err(),
+            CeError::TooManyAttributes(128)
+        );
+        assert!(with_limits(&binary, lim(200)).is_ok());
+    }
+
+    #[test]
+    fn repeated_extensions_keep_the_last_structured_and_the_first_binary() {
+        let (head, _) = run(&structured_with(",\"x\":\"1\",\"y\":\"2\",\"x\":\"3\"")).unwrap();
+        assert!(
+            head.contains("Ce-X: 3\r\n") && !head.contains("Ce-X: 1"),
+            "{head}"
+        );
+        assert_eq!(head.matches("Ce-X:").count(), 1);
+        // Binary: only the first of a repeated header counts, past the pairwise threshold too.
+        let mut raw = b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\n".to_vec();
+        for i in 0..30 {
+            raw.extend(format!("ce-x{i}: first\r\nCE-X{i}: second\r\n").as_bytes());
+        }
+        raw.extend(b"\r\n");
+        let (head, _) = run(&raw).unwrap();
+        assert_eq!(head.matches("first").count(), 30, "{head}");
+        assert_eq!(head.matches("second").count(), 0, "{head}");
+    }
+
+    #[test]
+    fn structured_names_are_lower_case_letters_and_digits() {
+        for bad in [
+            ",\"MyExt\":\"v\"",
+            ",\"myExt\":\"v\"",
+            ",\"my-ext\":\"v\"",
+            ",\"ID\":\"x\"",
+        ] {
+            assert_eq!(
+                run(&structured_with(bad)).unwrap_err(),
+                CeError::InvalidExtensionName,
+                "{bad}"
+            );
+        }
+        let (head, _) = run(&structured_with(
+            ",\"myext\":\"v\",\"averyveryverylongextensionname1\":1",
+        ))
+        .unwrap();
+        assert!(head.contains("Ce-Myext: v\r\n"), "{head}");
+        assert!(
+            head.contains("Ce-Averyveryverylongextensionname1: 1\r\n"),
+            "{head}"
+        );
+    }
+
+    /// `schemaurl` and `datacontentencoding` in 1.0, `dataschema` in 0.3: forwarded as
+    /// extensions in both modes, never dropped.
+    #[test]
+    fn other_version_attributes_are_extensions_in_both_modes() {
+        let (head, _) = run(&structured_with(
+            ",\"schemaurl\":\"http://s/x\",\"datacontentencoding\":\"base64\"",
+        ))
+        .unwrap();
+        assert!(head.contains("Ce-Schemaurl: http://s/x\r\n"), "{head}");
+        assert!(
+            head.contains("Ce-Datacontentencoding: base64\r\n"),
+            "{head}"
+        );
+        let (binary, _) = run(b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 1.0\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-schemaurl: http://s/x\r\n\r\n").unwrap();
+        assert!(binary.contains("Ce-Schemaurl: http://s/x\r\n"), "{binary}");
+        let v03 = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"0.3\",\"id\":\"s\",\"source\":\"/s\",\"type\":\"t\",\"dataschema\":\"http://s/x\"}";
+        let (head, _) = run(v03).unwrap();
+        assert!(head.contains("Ce-Dataschema: http://s/x\r\n"), "{head}");
+        let (binary, _) = run(b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 0.3\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-dataschema: http://s/x\r\n\r\n").unwrap();
+        assert!(binary.contains("Ce-Dataschema: http://s/x\r\n"), "{binary}");
+    }
+
+    #[test]
+    fn the_converted_head_is_bounded() {
+        let id = "i".repeat(70_000);
+        let raw = format!(
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n\
+             {{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":\"/s\",\"type\":\"t\"}}"
+        );
+        let lim = |max_head| CeLimits {
+            max_attributes: 128,
+            max_head,
+        };
+        let e = with_limits(raw.as_bytes(), lim(64 << 10)).unwrap_err();
+        assert_eq!(e, CeError::HeadTooLarge(64 << 10));
+        assert!(e.is_too_large());
+        assert!(with_limits(raw.as_bytes(), lim(200_000)).is_ok());
     }
 
     #[test]

@@ -89,6 +89,28 @@ pub struct Args {
     #[arg(long, env = "IMC_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
     pub header_read_timeout: Duration,
 
+    /// Most time a request body may take to arrive, from the end of its head; past it the
+    /// request gets 408 and the connection is closed. A slow body holds its buffer while it
+    /// trickles: this bounds for how long.
+    #[arg(long, env = "IMC_BODY_READ_TIMEOUT", default_value = "20s", value_parser = parse_duration, value_name = "DUR")]
+    pub body_read_timeout: Duration,
+
+    /// Request-body bytes one worker holds at once: bodies being read plus those of events still
+    /// being delivered. A new body past it gets 503 with `Retry-After: 1` before it is read; a
+    /// body that would pass it while arriving gets the same, then a close (D11 for memory).
+    #[arg(long, env = "IMC_MAX_BUFFERED_BODY_BYTES", default_value_t = 256 << 20, value_name = "B")]
+    pub max_buffered_body_bytes: usize,
+
+    /// Most CloudEvent attributes (core and extensions) in one event, binary or structured; more
+    /// get 413.
+    #[arg(
+        long,
+        env = "IMC_MAX_ATTRIBUTES",
+        default_value_t = 128,
+        value_name = "N"
+    )]
+    pub max_attributes: usize,
+
     /// Time an idle keep-alive connection is kept open (D5), e.g. `60s`.
     #[arg(long, env = "IMC_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     pub idle_timeout: Duration,
@@ -174,19 +196,23 @@ impl Args {
             max_head: self.max_header_bytes,
             max_headers: self.max_headers.max(1),
             header_timeout: self.header_read_timeout,
+            body_timeout: self.body_read_timeout,
             idle_timeout: self.idle_timeout,
+            max_attributes: self.max_attributes.max(1),
         }
     }
 }
 
-/// Bounds of one ingress connection (D3-D5).
+/// Bounds of one ingress connection (D3-D5) and of one event.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body: usize,
     pub max_head: usize,
     pub max_headers: usize,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub idle_timeout: Duration,
+    pub max_attributes: usize,
 }
 
 #[cfg(test)]

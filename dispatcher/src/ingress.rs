@@ -4,7 +4,10 @@
 //! Budget: never copies a Content-Length body (it is frozen out of the connection buffer and
 //! shared with every subscriber), never allocates per request once the connection is warm, never
 //! blocks the core. Everything a client sends is bounded: head size and count (D4, 431), body size
-//! (D3, 413), time to send a head and idle time (D5); anything malformed gets 400 and a close.
+//! (D3, 413), time to send a head and idle time (D5), time to send a body (408), the body bytes a
+//! worker holds (503), the attributes of an event (413); anything malformed gets 400 and a close.
+//! A refusal that leaves input unread closes gracefully: half-close, drain briefly, then close, so
+//! that the client reads the answer instead of a reset.
 
 use std::future::Future;
 use std::pin::pin;
@@ -14,22 +17,30 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::buffer::{make_room, read_into};
-use crate::cloudevent::write_binary_head;
+use crate::cloudevent::{write_binary_head, CeLimits};
 use crate::delivery::put_content_length;
 use crate::fanout::{fan_out, OutEvent, WATCHDOG};
 use crate::http::{answer, parse_request, ChunkError, ChunkedDecoder, Method, Probe, RequestHead};
 use crate::routing::{key_of, Channel};
-use crate::worker::Worker;
+use crate::worker::{BodyCharge, Worker};
 
 /// Initial and minimum read size of a client connection; grows to fit larger requests.
 const READ_CHUNK: usize = 8 << 10;
 /// A sync fan-out that takes longer than this starts watching the client for a disconnect.
 /// Faster ones (nearly all) never pay for the extra read.
 const WATCH_AFTER: Duration = Duration::from_millis(100);
+/// A connection buffer that grew past this for a large request is replaced by a small one before
+/// the connection waits for its next request: an idle keep-alive connection must not pin the
+/// memory of the largest body it ever carried.
+const SHRINK_ABOVE: usize = 256 << 10;
+/// Graceful close after a refusal: how long, and how many bytes, the rest of the client's input is
+/// read and dropped after our answer and FIN (nginx's lingering close, Go's close-write-and-wait).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 << 20;
 
 /// Why reading stopped before a request was complete.
 enum ReadStop {
@@ -56,6 +67,8 @@ struct Connection {
     head: RequestHead,
     /// The client closed its side while its event was being delivered: answer, then close.
     peer_closed: bool,
+    /// The connection closes after a refusal that may have left input unread: close gracefully.
+    linger: bool,
     /// Scratch for the rare answers built at run time; reused.
     out: Vec<u8>,
 }
@@ -70,23 +83,51 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
         buf: BytesMut::with_capacity(READ_CHUNK),
         head: RequestHead::new(),
         peer_closed: false,
+        linger: false,
         out: Vec::new(),
     };
     while conn.serve_one().await {}
+    if conn.linger && !conn.peer_closed {
+        conn.linger_close().await;
+    }
     worker.conn_closed();
 }
 
 impl Connection {
     async fn read_more(&mut self, want: usize, timeout: Duration) -> Result<usize, ReadStop> {
-        let had = self.buf.len();
         let read = read_into(&mut self.stream, &mut self.buf, want, READ_CHUNK);
         match monoio::time::timeout(timeout, read).await {
             Ok(Ok(0)) | Ok(Err(_)) => Err(ReadStop::Gone),
             Ok(Ok(n)) => Ok(n),
             // The cancelled read took the buffer with it; the connection is closing anyway.
-            Err(_) if had > 0 => Err(ReadStop::TimedOut),
-            Err(_) => Err(ReadStop::Gone),
+            Err(_) => Err(ReadStop::TimedOut),
         }
+    }
+
+    /// Closes after a refusal: our FIN first, then the client's input is read and dropped until
+    /// it closes too, or for at most [`LINGER`] / [`LINGER_BYTES`]. Closing with unread input
+    /// would make the kernel send a reset, which can destroy the answer before the client reads it.
+    async fn linger_close(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let until = Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            self.buf.clear();
+            match self.read_more(READ_CHUNK, left).await {
+                Ok(n) => drained += n,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Writes a refusal after which the connection closes gracefully.
+    async fn refuse(&mut self, bytes: &'static [u8]) {
+        self.linger = true;
+        self.answer(bytes, false).await;
     }
 
     /// Writes bytes as they are: the interim `100 Continue`, and `answer`'s fast path. Final
@@ -159,6 +200,12 @@ impl Connection {
     async fn serve_one(&mut self) -> bool {
         let w = &self.worker.clone();
         let limits = w.limits;
+        if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() <= READ_CHUNK {
+            // After a large request: keep a small buffer (and what was pipelined into the old one).
+            let mut small = BytesMut::with_capacity(READ_CHUNK);
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+        }
         // 1. The head, within the idle timeout before its first byte and the header read
         //    timeout after it (D5).
         let mut deadline: Option<Instant> = None;
@@ -177,7 +224,7 @@ impl Connection {
                         match self.read_more(READ_CHUNK, left).await {
                             Ok(_) => continue,
                             Err(ReadStop::TimedOut) => {
-                                self.answer(answer::TIMEOUT, false).await;
+                                self.refuse(answer::TIMEOUT).await;
                                 return false;
                             }
                             Err(ReadStop::Gone) => return false,
@@ -186,7 +233,7 @@ impl Connection {
                     Err(e) => {
                         let (bytes, why) = e.answer();
                         w.bad_request(why, None);
-                        self.answer(bytes, false).await;
+                        self.refuse(bytes).await;
                         return false;
                     }
                 }
@@ -275,9 +322,10 @@ impl Connection {
             }
         }
 
-        // D11: past the bound on deliveries in flight, refuse at once, before reading the body.
+        // D11, D18: past the bound on deliveries in flight (the worker's, or this channel's
+        // share of it), refuse at once, before reading the body.
         let fan = channel.subscribers.len();
-        if w.overloaded(fan) {
+        if w.overloaded(&channel, fan) {
             w.overload();
             w.dropped_for_overload(&channel);
             return self
@@ -292,7 +340,14 @@ impl Connection {
             .is_some_and(|n| n > limits.max_body as u64)
         {
             w.bad_request("body over the size limit", Some(&channel));
-            self.answer(answer::TOO_LARGE, false).await;
+            self.refuse(answer::TOO_LARGE).await;
+            return false;
+        }
+        // The worker holds as many body bytes as it may: refuse before reading this one.
+        if self.head.has_body() && w.body_budget_full() {
+            w.overload();
+            w.bad_request("buffered request bodies at the bound", Some(&channel));
+            self.refuse(answer::OVERLOADED_CLOSE).await;
             return false;
         }
         if self.head.expect_continue
@@ -302,10 +357,10 @@ impl Connection {
         {
             return false;
         }
-        let body = match self.body(true).await {
+        let (body, charge) = match self.body(true).await {
             Ok(b) => b,
             Err(Some(bytes)) => {
-                self.answer(bytes, false).await;
+                self.refuse(bytes).await;
                 return false;
             }
             Err(None) => return false,
@@ -322,7 +377,18 @@ impl Connection {
             if eh.capacity() - eh.len() < 4096 {
                 eh.reserve(64 << 10);
             }
-            match write_binary_head(&head, &self.head.headers, content_type, body, &mut eh) {
+            let ce_limits = CeLimits {
+                max_attributes: limits.max_attributes,
+                max_head: limits.max_head,
+            };
+            match write_binary_head(
+                &head,
+                &self.head.headers,
+                content_type,
+                body,
+                &mut eh,
+                ce_limits,
+            ) {
                 Ok((data, attrs_end)) => {
                     let pass_end = eh.len();
                     put_content_length(&mut eh, data.len());
@@ -343,11 +409,16 @@ impl Connection {
             Ok(v) => v,
             Err(e) => {
                 w.bad_request(&e.to_string(), Some(&channel));
-                return self.answer(answer::INVALID_EVENT, keep_alive).await;
+                let bytes = if e.is_too_large() {
+                    answer::EVENT_TOO_LARGE
+                } else {
+                    answer::INVALID_EVENT
+                };
+                return self.answer(bytes, keep_alive).await;
             }
         };
         drop(head);
-        let Some(slot) = w.reserve(fan) else {
+        let Some(slot) = w.reserve(&channel, fan) else {
             w.overload();
             w.dropped_for_overload(&channel);
             return self.answer(answer::OVERLOADED, keep_alive).await;
@@ -358,7 +429,7 @@ impl Connection {
         if channel.async_handler {
             let (bw, chan) = (w.clone(), channel.clone());
             monoio::spawn(async move {
-                let _slot = slot;
+                let _held = (slot, charge);
                 let _ = monoio::time::timeout(WATCHDOG, fan_out(&bw, &chan, &event)).await;
             });
             return self.answer(answer::ACCEPTED, keep_alive).await;
@@ -366,7 +437,7 @@ impl Connection {
 
         // 5b. Sync: deliver, then answer 202 once every subscriber chain succeeded, 500 otherwise.
         let ok = self.deliver_watching(fan_out(w, &channel, &event)).await;
-        drop((slot, event));
+        drop((slot, event, charge));
         match ok {
             Some(ok) => {
                 let bytes = if ok { answer::ACCEPTED } else { answer::FAILED };
@@ -444,12 +515,14 @@ impl Connection {
         let mut keep = keep_alive;
         if self.head.has_body() {
             if self.head.expect_continue && self.buf.is_empty() {
+                // The client may send the body anyway: close gracefully.
                 keep = false;
+                self.linger = true;
             } else {
                 match self.body(false).await {
                     Ok(_) => {}
                     Err(Some(bytes)) => {
-                        self.answer(bytes, false).await;
+                        self.refuse(bytes).await;
                         return false;
                     }
                     Err(None) => return false,
@@ -461,15 +534,30 @@ impl Connection {
 
     /// Reads the request body, keeping it (`keep`) or dropping it as it arrives. Content-Length
     /// bodies are kept zero-copy, chunked ones reassembled; both are bounded by the body limit
-    /// (D3), and between reads the client must make progress within the header timeout (D5).
+    /// (D3), must arrive within `--body-read-timeout` of the head, must make progress within the
+    /// header timeout between reads (D5), and a kept body is charged to the worker's body budget
+    /// as it arrives (the charge is returned: it lives as long as the event is delivered).
     /// `Err(Some(answer))`: answer that and close; `Err(None)`: just close.
-    async fn body(&mut self, keep: bool) -> Result<Bytes, Option<&'static [u8]>> {
+    async fn body(
+        &mut self,
+        keep: bool,
+    ) -> Result<(Bytes, Option<BodyCharge>), Option<&'static [u8]>> {
         let limits = self.worker.limits;
-        let progress = limits.header_timeout;
+        let until = Instant::now() + limits.body_timeout;
         // A client that stalls while its body is dropped gets no 408, only a close.
         let stop = |s: ReadStop| match s {
             ReadStop::TimedOut if keep => Some(answer::TIMEOUT),
             _ => None,
+        };
+        let mut charge = keep.then(|| self.worker.body_charge());
+        // Grows the charge to `n` bytes; past the budget, 503 and close.
+        let charged = |charge: &mut Option<BodyCharge>, w: &Worker, n: usize| {
+            if charge.as_mut().is_some_and(|c| !c.grow_to(n)) {
+                w.overload();
+                w.bad_request("buffered request bodies at the bound", None);
+                return Err(Some(answer::OVERLOADED_CLOSE));
+            }
+            Ok(())
         };
         if let Some(n) = self.head.content_length {
             if n > limits.max_body as u64 {
@@ -477,11 +565,15 @@ impl Connection {
             }
             let n = n as usize;
             if keep {
-                while self.buf.len() < n {
+                loop {
+                    charged(&mut charge, &self.worker, self.buf.len().min(n))?;
+                    if self.buf.len() >= n {
+                        return Ok((self.buf.split_to(n).freeze(), charge));
+                    }
                     let want = n - self.buf.len();
-                    self.read_more(want, progress).await.map_err(stop)?;
+                    let wait = self.wait(until, limits.header_timeout);
+                    self.read_more(want, wait).await.map_err(stop)?;
                 }
-                return Ok(self.buf.split_to(n).freeze());
             }
             let mut left = n;
             loop {
@@ -489,22 +581,26 @@ impl Connection {
                 let _ = self.buf.split_to(k);
                 left -= k;
                 if left == 0 {
-                    return Ok(Bytes::new());
+                    return Ok((Bytes::new(), None));
                 }
-                self.read_more(READ_CHUNK, progress).await.map_err(stop)?;
+                let wait = self.wait(until, limits.header_timeout);
+                self.read_more(READ_CHUNK, wait).await.map_err(stop)?;
             }
         }
         if !self.head.chunked {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), None));
         }
         let mut dec = ChunkedDecoder::default();
         let mut body = BytesMut::new();
         loop {
             match dec.decode(&mut self.buf, &mut body, limits.max_body) {
-                Ok(true) if keep => return Ok(body.freeze()),
-                Ok(true) => return Ok(Bytes::new()),
+                Ok(true) if keep => {
+                    charged(&mut charge, &self.worker, body.len())?;
+                    return Ok((body.freeze(), charge));
+                }
+                Ok(true) => return Ok((Bytes::new(), None)),
                 Ok(false) if !keep => body.clear(),
-                Ok(false) => {}
+                Ok(false) => charged(&mut charge, &self.worker, body.len())?,
                 Err(ChunkError::TooLarge) => {
                     self.worker
                         .bad_request("chunked body over the size limit", None);
@@ -515,13 +611,23 @@ impl Connection {
                     return Err(Some(answer::MALFORMED));
                 }
             }
-            self.read_more(READ_CHUNK, progress).await.map_err(stop)?;
+            let wait = self.wait(until, limits.header_timeout);
+            self.read_more(READ_CHUNK, wait).await.map_err(stop)?;
         }
+    }
+
+    /// How long the next read of a body may wait: until the body's deadline, and no longer than
+    /// `progress` without a byte.
+    fn wait(&self, until: Instant, progress: Duration) -> Duration {
+        until
+            .saturating_duration_since(Instant::now())
+            .min(progress)
     }
 
     /// `K-Network-Probe`: 200 echoing `K-Network-Hash` (contract §1.4).
     async fn network_probe(&mut self, hash: &[u8], keep_alive: bool) -> bool {
         if self.head.has_body() && self.body(false).await.is_err() {
+            self.linger = true;
             return false;
         }
         let mut out = std::mem::take(&mut self.out);

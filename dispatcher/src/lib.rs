@@ -1,6 +1,6 @@
 //! imc-dispatcher: the data plane of imc-rs, a drop-in replacement for Knative Eventing's
 //! InMemoryChannel dispatcher. The behaviour it keeps is `imc-contract.md`; the places where it
-//! departs from upstream carry the decision number (`D1`..`D16`) in a comment.
+//! departs from upstream carry the decision number (`D1`..`D18`) in a comment.
 //!
 //! # Layout
 //! - [`config`]: the command line and environment (clap), durations, the I/O driver choice.

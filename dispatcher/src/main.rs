@@ -133,6 +133,7 @@ fn main() -> ExitCode {
             max_idle_per_host: args.max_idle_conns_per_host,
             max_inflight: args.max_inflight_deliveries,
             max_conns: args.max_connections,
+            max_buffered_body: args.max_buffered_body_bytes,
             shutdown_grace: args.shutdown_grace,
             blocking: blocking.clone(),
             registry: registries[id].clone(),

@@ -7,7 +7,7 @@
 //! worker installing a new generation only wraps the shared parts (two allocations per channel,
 //! no string copied or formatted).
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::rc::Rc;
@@ -156,9 +156,13 @@ pub struct Subscriber {
 pub struct Channel {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
+    /// `<ns>/<name>`.
+    pub key: Arc<str>,
     pub async_handler: bool,
     pub subscribers: Box<[Subscriber]>,
     pub ingress: IngressSeries,
+    /// D18: this worker's count of the channel's deliveries in flight, found on first use.
+    pub load: OnceCell<Rc<Cell<usize>>>,
 }
 
 impl Channel {
@@ -252,6 +256,7 @@ impl Table {
             let chan = Rc::new(Channel {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
+                key: p.path.clone(),
                 async_handler: p.async_handler,
                 subscribers: p
                     .subscribers
@@ -267,6 +272,7 @@ impl Table {
                     })
                     .collect(),
                 ingress: IngressSeries::default(),
+                load: OnceCell::new(),
             });
             // The first channel to claim a host keeps it (the set builder logged the conflict).
             t.hosts

@@ -3,6 +3,7 @@
 //! [`Hub`], read between requests.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use crate::channels::Hub;
 use crate::config::{IoDriver, Limits};
 use crate::metrics::{IngressSeries, Recorder, WorkerRegistry};
 use crate::pool::Pool;
-use crate::routing::Table;
+use crate::routing::{Channel, Table};
 
 /// How often an idle worker looks for a new channel set (so that readiness and reloads do not
 /// wait for traffic). Busy workers look between requests.
@@ -93,6 +94,16 @@ pub struct Worker {
     /// D11: the bound on subscriber deliveries in flight on this worker (sync and async); the
     /// count itself is the `inflight` cell of the metrics registry.
     max_inflight: usize,
+    /// D18: deliveries in flight per channel (by `<ns>/<name>`), kept across routing tables so
+    /// that a reload does not hand a stuck channel a fresh share. Entries at zero are dropped when
+    /// a table is installed; a channel's [`Channel::load`] caches its entry.
+    loads: RefCell<HashMap<Arc<str>, Rc<Cell<usize>>>>,
+    /// D18: channels with deliveries in flight on this worker.
+    busy_channels: Cell<usize>,
+    /// The budget of request-body bytes this worker holds: bodies being read and bodies of events
+    /// still being delivered (`--max-buffered-body-bytes`), and what is held now.
+    body_budget: usize,
+    body_bytes: Cell<usize>,
     /// Requests between a parsed head and a written answer: a draining worker waits for them.
     active: Cell<usize>,
     /// The bound on open client connections (`--max-connections`); the count is a metrics cell.
@@ -114,12 +125,48 @@ pub struct Worker {
 pub struct Slot {
     worker: Rc<Worker>,
     n: usize,
+    /// The channel's own count (D18).
+    load: Rc<Cell<usize>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let c = &self.worker.metrics.registry().inflight;
         c.set(c.get() - self.n as u64);
+        let left = self.load.get() - self.n;
+        self.load.set(left);
+        if left == 0 && self.n > 0 {
+            let busy = &self.worker.busy_channels;
+            busy.set(busy.get() - 1);
+        }
+    }
+}
+
+/// Request-body bytes held against the worker's budget, released when dropped: while the body
+/// is read, then for as long as its event is being delivered.
+pub struct BodyCharge {
+    worker: Rc<Worker>,
+    n: usize,
+}
+
+impl BodyCharge {
+    /// Grows the charge to `total` bytes; false (and nothing charged) if that passes the budget.
+    pub fn grow_to(&mut self, total: usize) -> bool {
+        let more = total.saturating_sub(self.n);
+        let held = &self.worker.body_bytes;
+        if held.get() + more > self.worker.body_budget {
+            return false;
+        }
+        held.set(held.get() + more);
+        self.n += more;
+        true
+    }
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        let held = &self.worker.body_bytes;
+        held.set(held.get() - self.n);
     }
 }
 
@@ -133,10 +180,47 @@ impl Drop for Active<'_> {
 }
 
 impl Worker {
-    /// D11: whether `n` more deliveries would pass the bound.
-    #[inline]
-    pub fn overloaded(&self, n: usize) -> bool {
-        n > 0 && self.inflight() + n > self.max_inflight
+    /// D11 and D18: whether `n` more deliveries for `channel` would pass the worker's bound, or
+    /// the channel's share of it. The share: a channel may hold at most `max / (k + 2)` of the
+    /// worker's deliveries in flight, `k` the number of other channels with deliveries in flight,
+    /// so that a newcomer always finds room; a channel with nothing in flight may always start one
+    /// event (within the worker's bound).
+    pub fn overloaded(&self, channel: &Channel, n: usize) -> bool {
+        if n == 0 {
+            return false;
+        }
+        if self.inflight() + n > self.max_inflight {
+            return true;
+        }
+        let mine = self.load_of(channel).get();
+        if mine == 0 {
+            return false;
+        }
+        let others = self.busy_channels.get() - 1;
+        mine + n > self.max_inflight / (others + 2)
+    }
+
+    fn load_of<'c>(&self, channel: &'c Channel) -> &'c Rc<Cell<usize>> {
+        channel.load.get_or_init(|| {
+            self.loads
+                .borrow_mut()
+                .entry(channel.key.clone())
+                .or_default()
+                .clone()
+        })
+    }
+
+    /// Whether the body budget is used up: a new body gets 503 before it is read.
+    pub fn body_budget_full(&self) -> bool {
+        self.body_bytes.get() >= self.body_budget
+    }
+
+    /// An empty charge against the body budget, grown as a body arrives.
+    pub fn body_charge(self: &Rc<Self>) -> BodyCharge {
+        BodyCharge {
+            worker: self.clone(),
+            n: 0,
+        }
     }
 
     #[inline]
@@ -159,15 +243,21 @@ impl Worker {
         c.set(c.get() - 1);
     }
 
-    /// Takes `n` in-flight slots, or `None` past the bound.
-    pub fn reserve(self: &Rc<Self>, n: usize) -> Option<Slot> {
-        if self.overloaded(n) {
+    /// Takes `n` in-flight slots for `channel`, or `None` past the bound or its share.
+    pub fn reserve(self: &Rc<Self>, channel: &Channel, n: usize) -> Option<Slot> {
+        if self.overloaded(channel, n) {
             return None;
         }
         self.metrics.registry().inflight.add(n as u64);
+        let load = self.load_of(channel).clone();
+        if load.get() == 0 && n > 0 {
+            self.busy_channels.set(self.busy_channels.get() + 1);
+        }
+        load.set(load.get() + n);
         Some(Slot {
             worker: self.clone(),
             n,
+            load,
         })
     }
 
@@ -211,6 +301,8 @@ impl Worker {
             "routing table installed"
         );
         *self.table.borrow_mut() = Rc::new(table);
+        // Channels with nothing in flight need no entry; theirs is made again on their next event.
+        self.loads.borrow_mut().retain(|_, load| load.get() > 0);
         self.generation.set(g);
         self.hub.mark_installed(self.id, g);
     }
@@ -226,6 +318,7 @@ pub struct WorkerSpec {
     pub max_idle_per_host: usize,
     pub max_inflight: usize,
     pub max_conns: usize,
+    pub max_buffered_body: usize,
     pub shutdown_grace: Duration,
     pub blocking: DefaultThreadPool,
     pub registry: Arc<WorkerRegistry>,
@@ -275,6 +368,10 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
         limits: spec.limits,
         draining: Cell::new(false),
         max_inflight: spec.max_inflight.max(1),
+        loads: RefCell::default(),
+        busy_channels: Cell::new(0),
+        body_budget: spec.max_buffered_body,
+        body_bytes: Cell::new(0),
         active: Cell::new(0),
         max_conns: spec.max_conns.max(1),
         metrics: Recorder::new(spec.registry.clone(), spec.metrics_enabled),
