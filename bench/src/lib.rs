@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 use imc_dispatcher::channels::{BuildOptions, ChannelSet, FileLoad};
 use imc_dispatcher::cloudevent::CeLimits;
 use imc_dispatcher::http::{parse_request, RequestHead};
+use imc_dispatcher::imc::Source;
 
 /// A binary-mode CloudEvent request as wrk's `ce.lua` sends it, with a body of `size` bytes.
 pub fn binary_request(size: usize) -> Vec<u8> {
@@ -68,6 +69,7 @@ pub fn channel_set(n: usize, subs: usize) -> ChannelSet {
     let opts = BuildOptions {
         cluster_domain: "cluster.local",
         namespace_mode: None,
+        source: Source::File,
     };
     ChannelSet::build(&ChannelSet::default(), &files, &opts).0
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::imc::{ChannelConfig, Imc};
+use crate::imc::{ChannelConfig, Imc, Source};
 use crate::routing::Prepared;
 
 /// Where a channel came from, so that a file that stops parsing keeps its previous channels.
@@ -45,6 +45,8 @@ pub struct BuildReport {
 pub struct BuildOptions<'a> {
     pub cluster_domain: &'a str,
     pub namespace_mode: Option<&'a str>,
+    /// How the Ready gate reads a channel without status (see [`Imc::is_ready`]).
+    pub source: Source,
 }
 
 impl ChannelSet {
@@ -85,7 +87,7 @@ impl ChannelSet {
                     continue;
                 }
                 let previous = prev.channels.get(&key);
-                if !imc.is_ready() {
+                if !imc.is_ready(opts.source) {
                     // Upstream leaves the routing table alone for a channel that is not Ready.
                     if let Some(p) = previous {
                         tracing::info!(file = %file.path.display(), channel = %key, "channel not ready; its previous configuration stays");
@@ -253,6 +255,7 @@ mod tests {
     const OPTS: BuildOptions<'static> = BuildOptions {
         cluster_domain: "cluster.local",
         namespace_mode: None,
+        source: Source::File,
     };
 
     #[test]

@@ -207,7 +207,7 @@ async fn attempts(
                 .outcome(&w.metrics, &chan.names(sub), Outcome::Retried);
         }
         if let Some(p) = policy {
-            let delay = p.delay_after(k, &failure);
+            let delay = p.delay_after(k, failure.retry_after());
             if !delay.is_zero() {
                 monoio::time::sleep(delay).await;
             }

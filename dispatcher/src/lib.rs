@@ -9,7 +9,7 @@
 //! - [`cloudevent`]: the zero-copy CloudEvents view: validates binary and structured events and
 //!   writes the binary-mode head sent to every subscriber. Never copies the body of a binary event.
 //! - [`imc`]: the InMemoryChannel object model (`messaging.knative.dev/v1`) and its conversion into a
-//!   validated [`imc::ChannelConfig`].
+//!   validated [`imc::ChannelConfig`]; it lives in the `imc-model` crate, shared with imc-control.
 //! - [`channels`]: the channel set: a full, immutable snapshot of every served channel, built off the
 //!   cores from manifests, and the hand-off of snapshots to the workers.
 //! - [`source`]: channel sources; today the file/directory source with its watcher.
@@ -31,7 +31,8 @@ pub mod config;
 pub mod delivery;
 pub mod fanout;
 pub mod http;
-pub mod imc;
+/// The InMemoryChannel model, shared with imc-control (the `imc-model` crate).
+pub use imc_model::imc;
 pub mod ingress;
 pub mod metrics;
 pub mod pool;

@@ -16,7 +16,7 @@ use notify::{RecursiveMode, Watcher};
 use serde_json::Value;
 
 use crate::channels::{BuildOptions, ChannelSet, FileLoad, Hub};
-use crate::imc::Imc;
+use crate::imc::{Imc, Source};
 
 /// How often the path is re-read even without a file-system event.
 const RESCAN: Duration = Duration::from_secs(5);
@@ -167,6 +167,7 @@ impl FileSource {
         let opts = BuildOptions {
             cluster_domain: &self.cluster_domain,
             namespace_mode: self.namespace_mode.as_deref(),
+            source: Source::File,
         };
         let (set, report) = ChannelSet::build(&self.current, &loads, &opts);
         self.hub

@@ -6,10 +6,19 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::delivery::DeliveryPolicy;
+use crate::policy::DeliveryPolicy;
 
 pub const ASYNC_ANNOTATION: &str = "messaging.knative.dev/async-handler";
 pub const SCOPE_ANNOTATION: &str = "eventing.knative.dev/scope";
+
+/// Where channel objects come from, for the parts of the gate that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `--channels PATH`: hand-written manifests, often without status.
+    File,
+    /// The Kubernetes API, through imc-control.
+    Cluster,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Imc {
@@ -107,20 +116,22 @@ impl Imc {
         self.metadata.namespace.as_deref().unwrap_or("default")
     }
 
-    /// The routing gate (contract §4.1): Ready=True and observedGeneration == generation. In the
-    /// file source a channel with no status is Ready.
-    pub fn is_ready(&self) -> bool {
+    /// The routing gate (contract §4.1): Ready=True and observedGeneration == generation.
+    /// `source` says how to read what is missing: in a manifest file a channel with no status (or
+    /// no Ready condition, or no generations) is Ready; from the API server it is not, since no
+    /// controller has reconciled it yet (upstream's `IsReady`).
+    pub fn is_ready(&self, source: Source) -> bool {
+        let lenient = source == Source::File;
         let Some(status) = &self.status else {
-            return true;
+            return lenient;
         };
-        let ready = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .is_none_or(|c| c.status == "True");
+        let ready = match status.conditions.iter().find(|c| c.type_ == "Ready") {
+            Some(c) => c.status == "True",
+            None => lenient,
+        };
         let generation_ok = match (self.metadata.generation, status.observed_generation) {
             (Some(g), Some(o)) => g == o,
-            _ => true,
+            _ => lenient,
         };
         ready && generation_ok
     }
@@ -331,7 +342,7 @@ mod tests {
     #[test]
     fn status_address_sets_the_host_and_readiness_gates() {
         let ready = imc("metadata: {name: c, namespace: n, generation: 2}\nstatus: {observedGeneration: 2, address: {url: 'http://c-kn-channel.n.svc.example.org'}, conditions: [{type: Ready, status: 'True'}]}");
-        assert!(ready.is_ready());
+        assert!(ready.is_ready(Source::File));
         assert_eq!(
             ChannelConfig::from_imc(&ready, "cluster.local")
                 .unwrap()
@@ -341,9 +352,10 @@ mod tests {
         assert!(!imc(
             "metadata: {name: c}\nstatus: {conditions: [{type: Ready, status: 'False'}]}"
         )
-        .is_ready());
+        .is_ready(Source::File));
         assert!(
-            !imc("metadata: {name: c, generation: 3}\nstatus: {observedGeneration: 2}").is_ready()
+            !imc("metadata: {name: c, generation: 3}\nstatus: {observedGeneration: 2}")
+                .is_ready(Source::File)
         );
     }
 
@@ -380,6 +392,26 @@ mod tests {
             (false, "/", "http://h:21")
         );
         assert!(Target::parse("/relative").is_err());
+    }
+
+    /// From the API server, what a manifest may leave out means "not reconciled yet".
+    #[test]
+    fn the_cluster_gate_needs_status_ready_and_generations() {
+        let cluster = |y: &str| imc(y).is_ready(Source::Cluster);
+        assert!(!cluster("metadata: {name: c, generation: 1}"));
+        assert!(!cluster(
+            "metadata: {name: c, generation: 1}\nstatus: {observedGeneration: 1}"
+        ));
+        assert!(!cluster(
+            "metadata: {name: c, generation: 2}\nstatus: {observedGeneration: 1, conditions: [{type: Ready, status: 'True'}]}"
+        ));
+        assert!(!cluster(
+            "metadata: {name: c}\nstatus: {conditions: [{type: Ready, status: 'True'}]}"
+        ));
+        assert!(cluster(
+            "metadata: {name: c, generation: 2}\nstatus: {observedGeneration: 2, conditions: [{type: Ready, status: 'True'}]}"
+        ));
+        assert!(imc("metadata: {name: c}").is_ready(Source::File));
     }
 
     #[test]
