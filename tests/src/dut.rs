@@ -54,6 +54,7 @@ pub struct DutBuilder {
     source: Source,
     workers: usize,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl DutBuilder {
@@ -86,6 +87,12 @@ impl DutBuilder {
     /// worker's pools and budgets).
     pub fn workers(mut self, n: usize) -> DutBuilder {
         self.workers = n;
+        self
+    }
+
+    /// An environment variable of the process (e.g. an allocator setting a measurement needs).
+    pub fn env(mut self, key: &str, value: &str) -> DutBuilder {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -146,6 +153,7 @@ impl DutBuilder {
             .args(["--io-driver", self.driver.as_arg()])
             .args(["--log-format", "text"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -186,6 +194,7 @@ impl Dut {
             },
             workers: 2,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
