@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -110,6 +110,8 @@ struct State {
     /// Signalled on every new request and every change of a connection.
     changed: Condvar,
     stopping: AtomicBool,
+    /// Bytes written by [`Act::Flood`] so far, on every connection.
+    flooded: AtomicU64,
     /// Clones of the open streams, so that dropping the server ends their threads.
     streams: Mutex<HashMap<usize, TcpStream>>,
 }
@@ -142,6 +144,7 @@ impl Rogue {
             conns: Mutex::new(Vec::new()),
             changed: Condvar::new(),
             stopping: AtomicBool::new(false),
+            flooded: AtomicU64::new(0),
             streams: Mutex::new(HashMap::new()),
         });
         let accept_state = Arc::clone(&state);
@@ -169,6 +172,11 @@ impl Rogue {
     /// The number of connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.conns.lock().unwrap().len()
+    }
+
+    /// Bytes written by [`Act::Flood`] so far (what the peer read, or has in its buffers).
+    pub fn flooded(&self) -> u64 {
+        self.state.flooded.load(Ordering::SeqCst)
     }
 
     /// How connection `conn` ended so far.
@@ -332,7 +340,10 @@ fn flood(stream: &mut TcpStream, unit: &[u8], duration: Duration, state: &State)
         }
         match stream.write(&block[sent..]) {
             Ok(0) => break false,
-            Ok(n) => sent += n,
+            Ok(n) => {
+                sent += n;
+                state.flooded.fetch_add(n as u64, Ordering::SeqCst);
+            }
             Err(e)
                 if matches!(
                     e.kind(),

@@ -298,8 +298,14 @@ fn early_hints_fail_and_the_connection_is_not_reused(driver: Driver) {
 }
 
 /// A subscriber that writes `100 Continue` after `100 Continue`, as fast as it can, for 5 s: the
-/// attempt ends by itself (at the latest at the subscriber's 2 s timeout), the sender gets 500
-/// within 3 s, and reading the flood costs the dispatcher under 1 s of CPU.
+/// attempt fails by itself, well before the subscriber's 2 s timeout could end it (within 1.5 s;
+/// the sender gets its 500), and reading the flood costs the dispatcher under 1 s of CPU.
+///
+/// Calibration: today the attempt ends only at the 2 s timeout on io_uring (CPU 0.86-1.5 s,
+/// depending on how fast the rogue writes on 2 shared cores, so CPU alone does not tell), and on
+/// epoll not even then: the reads never yield, the timer never fires, and the sender waits for
+/// the flood to end (5 s, CPU 2.3-4.8 s). A dispatcher that gives up after a few interim
+/// responses answers in milliseconds for no measurable CPU.
 fn endless_interim_responses_fail_the_attempt_cheaply(driver: Driver) {
     let _serial = serial();
     let rogue = Rogue::start(|_| vec![Act::Flood(CONTINUE.to_vec(), Duration::from_secs(5))]);
@@ -311,21 +317,23 @@ fn endless_interim_responses_fail_the_attempt_cheaply(driver: Driver) {
     let resp = conn.request(&e1().id("flood"));
     let took = start.elapsed();
     let cpu = dut.cpu_time() - cpu_before;
-    eprintln!(
-        "interim flood ({driver:?}): answered {:?} after {took:?}, dispatcher CPU {cpu:?}",
-        resp.as_ref().map(|r| r.status)
+    let report = format!(
+        "{driver:?}: answered {:?} after {took:?}, dispatcher CPU {cpu:?}, {} MiB of interim \
+         responses written by the subscriber",
+        resp.as_ref().map(|r| r.status).map_err(|e| e.to_string()),
+        rogue.flooded() >> 20
     );
+    eprintln!("interim flood: {report}");
 
-    let resp = resp.unwrap_or_else(|e| panic!("no answer within 5 s ({e}), CPU {cpu:?}"));
-    assert_eq!(resp.status, 500, "after {took:?} (CPU {cpu:?}): {resp:?}");
     assert!(
-        took < Duration::from_secs(3),
-        "the sender waited {took:?} for its 500 (CPU {cpu:?})"
+        matches!(&resp, Ok(r) if r.status == 500),
+        "the sender must get 500: {report}"
     );
     assert!(
-        cpu < Duration::from_secs(1),
-        "the dispatcher spent {cpu:?} of CPU on a flood of interim responses ({took:?})"
+        took < Duration::from_millis(1500),
+        "the attempt must fail by itself, not wait for the 2 s timeout: {report}"
     );
+    assert!(cpu < Duration::from_secs(1), "too much CPU: {report}");
 }
 
 both_drivers!(
