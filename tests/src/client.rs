@@ -174,6 +174,8 @@ pub struct Closed {
     pub after: Duration,
     /// Bytes the server sent before closing that no earlier read consumed (e.g. a 408).
     pub trailing: Vec<u8>,
+    /// The close was a reset (or an abort), not an orderly end of stream.
+    pub reset: bool,
 }
 
 /// One client connection.
@@ -213,6 +215,12 @@ impl Conn {
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.wire.stream.write_all(bytes)?;
         self.wire.stream.flush()
+    }
+
+    /// A second handle on this connection's socket, to write from another thread while this
+    /// one reads (a client that keeps sending a body the server already refused).
+    pub fn writer(&self) -> io::Result<TcpStream> {
+        self.wire.stream.try_clone()
     }
 
     /// Closes the sending half: the server reads end of stream.
@@ -304,27 +312,29 @@ impl Conn {
     pub fn wait_closed(&mut self, timeout: Duration) -> Option<Closed> {
         let start = Instant::now();
         let deadline = start + timeout;
+        // `None`: still open; `Some(reset)`: closed.
         let closed = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break false;
+                break None;
             }
             self.set_read_timeout(left);
             match self.wire.fill() {
-                Ok(0) => break true,
+                Ok(0) => break Some(false),
                 Ok(_) => continue,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    break false
+                    break None
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 // Reset, aborted, broken pipe: the server is gone.
-                Err(_) => break true,
+                Err(_) => break Some(true),
             }
         };
         self.set_read_timeout(IO_TIMEOUT);
-        closed.then(|| Closed {
+        closed.map(|reset| Closed {
             after: start.elapsed(),
             trailing: self.wire.take_buffered(),
+            reset,
         })
     }
 }

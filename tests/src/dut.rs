@@ -52,7 +52,9 @@ enum Source {
 pub struct DutBuilder {
     driver: Driver,
     source: Source,
+    workers: usize,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl DutBuilder {
@@ -78,6 +80,19 @@ impl DutBuilder {
                 .map(|(n, c)| (n.to_string(), c.to_string()))
                 .collect(),
         );
+        self
+    }
+
+    /// `--workers n` instead of the default 2 (e.g. 1, so that every connection shares one
+    /// worker's pools and budgets).
+    pub fn workers(mut self, n: usize) -> DutBuilder {
+        self.workers = n;
+        self
+    }
+
+    /// An environment variable of the process (e.g. an allocator setting a measurement needs).
+    pub fn env(mut self, key: &str, value: &str) -> DutBuilder {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -134,9 +149,11 @@ impl DutBuilder {
             .arg("--channels")
             .arg(&channels)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--workers", "2", "--io-driver", self.driver.as_arg()])
+            .args(["--workers", &self.workers.to_string()])
+            .args(["--io-driver", self.driver.as_arg()])
             .args(["--log-format", "text"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -175,7 +192,9 @@ impl Dut {
                 name: "channels.yaml".to_string(),
                 contents: String::new(),
             },
+            workers: 2,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -335,13 +354,47 @@ impl Dut {
     /// Resident set size of the process in KiB (`VmRSS` of `/proc/<pid>/status`).
     #[track_caller]
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// Virtual memory size of the process in KiB (`VmSize` of `/proc/<pid>/status`): address
+    /// space reserved, touched or not, so it also shows allocations nobody wrote to yet.
+    #[track_caller]
+    pub fn vm_size_kib(&self) -> u64 {
+        self.status_kib("VmSize")
+    }
+
+    /// A `<field>:   <n> kB` line of `/proc/<pid>/status`.
+    #[track_caller]
+    fn status_kib(&self, field: &str) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
         let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS line in {path}"))
+            .unwrap_or_else(|| panic!("no {field} line in {path}"))
+    }
+
+    /// CPU time the process has used so far, user and system (`utime` + `stime` of
+    /// `/proc/<pid>/stat`, every thread included). Its resolution is one clock tick (10 ms).
+    #[track_caller]
+    pub fn cpu_time(&self) -> Duration {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        // The command name (field 2) is in parentheses and may hold spaces: count from the last
+        // `)`. After it come field 3 (state) onwards, so utime (14) and stime (15) are the 12th
+        // and 13th.
+        let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> u64 {
+            fields
+                .get(i)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no field {} in {path}: {stat:?}", i + 3))
+        };
+        let total = ticks(11) + ticks(12);
+        Duration::from_nanos(total * 1_000_000_000 / clock_ticks_per_second())
     }
 
     /// Panics, with the logs, if the process has exited.
@@ -429,6 +482,21 @@ fn ingress_addr(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("addr=")? + "addr=".len()..];
     let value = rest.split(|c: char| c.is_whitespace() || c == ',').next()?;
     value.trim_matches('"').parse().ok()
+}
+
+/// `getconf CLK_TCK`: the unit of the times in `/proc/<pid>/stat` (100 on every common Linux).
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(100)
+    })
 }
 
 /// `IMC_DISPATCHER_BIN`, else `imc-dispatcher` next to the test binary's `deps/` directory.

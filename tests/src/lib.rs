@@ -1,5 +1,5 @@
 //! End-to-end tests for imc-rs: the real `imc-dispatcher` process against real HTTP sinks, over
-//! real sockets. Expected values follow `shared/imc-contract.md` with its decisions D1-D16 applied.
+//! real sockets. Expected values follow `shared/imc-contract.md` with its decisions D1-D18 applied.
 //!
 //! Run with `cargo test --workspace`, or `cargo build -p imc-dispatcher -p imc-loadgen && cargo
 //! test -p imc-e2e` (or point `IMC_DISPATCHER_BIN` and `IMC_LOADGEN_BIN` at binaries).
@@ -15,6 +15,9 @@
 //! - [`client`]: a raw HTTP/1.1 client that can also write arbitrary bytes and see a close, and a
 //!   reconnecting keep-alive client for load.
 //! - [`loadgen`]: `imc-loadgen sink` as a process, for load through the dispatcher.
+//! - [`rogue`]: a misbehaving subscriber that answers with scripted raw bytes (unsolicited or
+//!   ill-framed responses, protocol switches, floods, closes), counts its connections and sees
+//!   the dispatcher close one.
 //! - [`fixtures`]: channel C1 and event E1 from contract §7, and the "delivered as binary E1" check.
 //! - [`text`]: base64, JSON strings and HTTP dates, for expected values.
 //! - `wire`: reading HTTP/1.1 messages, shared by the client and the sinks.
@@ -28,6 +31,7 @@ pub mod dut;
 pub mod fixtures;
 pub mod loadgen;
 pub mod manifest;
+pub mod rogue;
 pub mod sink;
 pub mod text;
 mod wire;
@@ -43,6 +47,7 @@ pub use fixtures::{
 };
 pub use loadgen::{loadgen_binary, LoadgenSink};
 pub use manifest::{channels_list_yaml, channels_yaml, Channel, Sub, ASYNC_HANDLER};
+pub use rogue::{Act, Ended, Rogue, Seen};
 pub use sink::{per_id, Recorded, Reply, Sink};
 pub use text::{base64, base64_decode};
 
