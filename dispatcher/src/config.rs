@@ -30,8 +30,23 @@ pub enum LogFormat {
 pub struct Args {
     /// InMemoryChannel manifests to serve: a YAML (multi-document) or JSON file, or a directory of
     /// them, as `kubectl get imc -o yaml` prints them. Watched; changes apply without a restart.
+    /// Without it, the channels come from the cluster (in a pod, or with --kubeconfig) through
+    /// imc-control.
     #[arg(long, env = "IMC_CHANNELS", value_name = "PATH")]
     pub channels: Option<PathBuf>,
+
+    /// Serve the InMemoryChannels of the cluster this kubeconfig points at (through imc-control,
+    /// started as a child). In a pod the service account is used without it.
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// No leader election: this replica writes status even if others run (upstream's flag).
+    #[arg(long)]
+    pub disable_ha: bool,
+
+    /// The imc-control program [default: `imc-control` next to this executable].
+    #[arg(long, env = "IMC_CONTROL_BIN", value_name = "PATH")]
+    pub control_bin: Option<PathBuf>,
 
     /// Address of the event ingress (host- and path-routed). Port 0 picks a free port.
     #[arg(

@@ -12,7 +12,9 @@
 //!   validated [`imc::ChannelConfig`]; it lives in the `imc-model` crate, shared with imc-control.
 //! - [`channels`]: the channel set: a full, immutable snapshot of every served channel, built off the
 //!   cores from manifests, and the hand-off of snapshots to the workers.
-//! - [`source`]: channel sources; today the file/directory source with its watcher.
+//! - [`source`]: the file/directory channel source with its watcher.
+//! - [`control`]: the cluster channel source: imc-control as a supervised child, its snapshots
+//!   and their acknowledgement.
 //! - [`routing`]: the per-worker routing table (host key and `<ns>/<name>` key to a channel).
 //! - [`delivery`]: the per-subscriber delivery policy (retry, backoff, timeout) and the
 //!   classification of a failed attempt.
@@ -28,11 +30,14 @@ pub mod buffer;
 pub mod channels;
 pub mod cloudevent;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod fanout;
 pub mod http;
 /// The InMemoryChannel model, shared with imc-control (the `imc-model` crate).
 pub use imc_model::imc;
+/// The frames exchanged with imc-control (the `imc-model` crate).
+pub use imc_model::wire;
 pub mod ingress;
 pub mod metrics;
 pub mod pool;

@@ -8,8 +8,11 @@ use std::sync::Arc;
 use clap::Parser;
 use imc_dispatcher::channels::Hub;
 use imc_dispatcher::config::{Args, LogFormat};
+use imc_dispatcher::control::{ControlSource, CHILD_PID};
 use imc_dispatcher::source::FileSource;
 use imc_dispatcher::worker::{self, Driver, WorkerSpec};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use tracing_subscriber::EnvFilter;
 
 // One allocator for all cores, with per-thread heaps: allocation on a core never contends.
@@ -46,18 +49,33 @@ fn abort_on_panic() {
     }));
 }
 
+/// Where the channels come from.
+enum ChannelsFrom {
+    File(PathBuf),
+    Cluster,
+}
+
 fn main() -> ExitCode {
     abort_on_panic();
     let args = Args::parse();
     init_logging(&args);
-    let Some(path) = args.channels.clone() else {
-        tracing::error!("no channel source: pass --channels PATH (a file or directory of InMemoryChannel manifests)");
-        return ExitCode::from(2);
+    // The channel source: a file of manifests, or the cluster (in a pod, or with --kubeconfig).
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let source = match (&args.channels, &args.kubeconfig) {
+        (Some(path), _) => {
+            if let Err(e) = std::fs::metadata(path) {
+                tracing::error!(path = %path.display(), error = %e, "--channels path cannot be read");
+                return ExitCode::from(2);
+            }
+            ChannelsFrom::File(path.clone())
+        }
+        (None, Some(_)) => ChannelsFrom::Cluster,
+        (None, None) if in_cluster => ChannelsFrom::Cluster,
+        (None, None) => {
+            tracing::error!("no channel source: pass --channels PATH (a file or directory of InMemoryChannel manifests), or run in a cluster (or with --kubeconfig)");
+            return ExitCode::from(2);
+        }
     };
-    if let Err(e) = std::fs::metadata(&path) {
-        tracing::error!(path = %path.display(), error = %e, "--channels path cannot be read");
-        return ExitCode::from(2);
-    }
     let workers = args.worker_count();
     let driver = match Driver::choose(args.io_driver) {
         Ok(d) => d,
@@ -80,16 +98,50 @@ fn main() -> ExitCode {
         tracing::error!(error = %e, "cannot install signal handlers");
         return ExitCode::from(1);
     }
-    let source = FileSource::new(
-        path,
-        args.cluster_domain.clone(),
-        args.namespace.clone(),
-        hub.clone(),
-    );
-    if let Err(e) = std::thread::Builder::new()
-        .name("imc-source".into())
-        .spawn(move || source.run())
-    {
+    let started = match source {
+        ChannelsFrom::File(path) => {
+            let source = FileSource::new(
+                path,
+                args.cluster_domain.clone(),
+                args.namespace.clone(),
+                hub.clone(),
+            );
+            std::thread::Builder::new()
+                .name("imc-source".into())
+                .spawn(move || source.run())
+        }
+        ChannelsFrom::Cluster => {
+            let program = match &args.control_bin {
+                Some(p) => p.clone(),
+                None => match std::env::current_exe() {
+                    Ok(exe) => ControlSource::program_next_to(&exe),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot find this executable to find imc-control next to it");
+                        return ExitCode::from(1);
+                    }
+                },
+            };
+            let mut control_args = Vec::new();
+            if let Some(k) = &args.kubeconfig {
+                control_args.push("--kubeconfig".to_owned());
+                control_args.push(k.display().to_string());
+            }
+            if args.disable_ha {
+                control_args.push("--disable-ha".to_owned());
+            }
+            let source = ControlSource {
+                program,
+                args: control_args,
+                cluster_domain: args.cluster_domain.clone(),
+                namespace_mode: args.namespace.clone(),
+                hub: hub.clone(),
+            };
+            std::thread::Builder::new()
+                .name("imc-control-source".into())
+                .spawn(move || source.run())
+        }
+    };
+    if let Err(e) = started {
         tracing::error!(error = %e, "cannot start the channel source");
         return ExitCode::from(1);
     }
@@ -195,6 +247,15 @@ fn spawn_signal_thread(hub: Arc<Hub>) -> std::io::Result<()> {
                     "draining: no new connections, finishing accepted events"
                 );
                 hub.start_drain();
+                // imc-control goes too (it releases its lease); the last snapshot stays in force.
+                let child = CHILD_PID.load(Ordering::Acquire);
+                if child > 0 {
+                    // SAFETY: kill(2) with a pid this process spawned and has not reaped yet
+                    // (the supervisor clears CHILD_PID before it reaps); no memory is involved.
+                    unsafe {
+                        libc::kill(child, libc::SIGTERM);
+                    }
+                }
             }
         })?;
     Ok(())

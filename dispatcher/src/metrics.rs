@@ -427,6 +427,21 @@ pub fn render(workers: &[Arc<WorkerRegistry>], hub: &Hub, info: &ProcessInfo) ->
         "# HELP imc_io_driver_info The I/O driver the workers run\n# TYPE imc_io_driver_info gauge\nimc_io_driver_info{{driver=\"{}\"}} 1",
         info.driver
     );
+    let features = hub.features();
+    if !features.is_empty() {
+        // One series per flag of `config-features` (the operator's ConfigMap bounds them).
+        let _ = writeln!(
+            out,
+            "# HELP imc_feature_flag_info The config-features flags the dispatcher runs with\n# TYPE imc_feature_flag_info gauge"
+        );
+        for (flag, value) in features.iter() {
+            let _ = writeln!(
+                out,
+                "imc_feature_flag_info{{{}}} 1",
+                labels(&[("flag", flag), ("value", value)])
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP imc_build_info Build of imc-dispatcher\n# TYPE imc_build_info gauge\nimc_build_info{{version=\"{}\"}} 1",

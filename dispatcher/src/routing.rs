@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::channels::ChannelSet;
+use crate::channels::{ChannelSet, Entry};
 use crate::delivery::DeliveryPolicy;
 use crate::imc::{ChannelConfig, Target};
 use crate::metrics::{IngressSeries, SubscriberNames, SubscriberSeries, TargetSeries};
@@ -158,6 +158,8 @@ pub struct Channel {
     pub name: Arc<str>,
     /// `<ns>/<name>`.
     pub key: Arc<str>,
+    /// The host key (whether or not this channel owns it).
+    pub host: Arc<str>,
     pub async_handler: bool,
     pub subscribers: Box<[Subscriber]>,
     pub ingress: IngressSeries,
@@ -250,37 +252,62 @@ impl Table {
             hosts: HashMap::with_capacity_and_hasher(n, KeyHash::default()),
             paths: HashMap::with_capacity_and_hasher(n, KeyHash::default()),
         };
-        let dest = |d: &Option<Arc<DestSpec>>| d.as_ref().map(Dest::new);
         for entry in set.channels.values() {
-            let p = &*entry.prepared;
-            let chan = Rc::new(Channel {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                key: p.path.clone(),
-                async_handler: p.async_handler,
-                subscribers: p
-                    .subscribers
-                    .iter()
-                    .map(|s| Subscriber {
-                        uid: s.uid.clone(),
-                        name: s.name.clone(),
-                        series: SubscriberSeries::default(),
-                        target: dest(&s.target),
-                        reply: dest(&s.reply),
-                        dead_letter: dest(&s.dead_letter),
-                        policy: s.policy,
-                    })
-                    .collect(),
-                ingress: IngressSeries::default(),
-                load: OnceCell::new(),
-            });
-            // The first channel to claim a host keeps it (the set builder logged the conflict).
-            t.hosts
-                .entry(p.host.clone())
-                .or_insert_with(|| chan.clone());
-            t.paths.insert(p.path.clone(), chan);
+            t.insert(entry);
         }
         t
+    }
+
+    /// Brings the table from the set before to `set`, touching only `keys` (what changed between
+    /// them): a one-channel change costs the core microseconds, whatever the size of the set.
+    pub fn apply(&mut self, set: &ChannelSet, keys: &[String]) {
+        for key in keys {
+            if let Some(old) = self.paths.remove(key.as_str()) {
+                if self
+                    .hosts
+                    .get(&*old.host)
+                    .is_some_and(|c| Rc::ptr_eq(c, &old))
+                {
+                    self.hosts.remove(&*old.host);
+                }
+            }
+            if let Some(entry) = set.channels.get(key) {
+                self.insert(entry);
+            }
+        }
+    }
+
+    /// Wraps one prepared channel for this worker: two allocations (the channel and its
+    /// subscribers), reference-count increments, two map inserts.
+    fn insert(&mut self, entry: &Entry) {
+        let dest = |d: &Option<Arc<DestSpec>>| d.as_ref().map(Dest::new);
+        let p = &*entry.prepared;
+        let chan = Rc::new(Channel {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            key: p.path.clone(),
+            host: p.host.clone(),
+            async_handler: p.async_handler,
+            subscribers: p
+                .subscribers
+                .iter()
+                .map(|s| Subscriber {
+                    uid: s.uid.clone(),
+                    name: s.name.clone(),
+                    series: SubscriberSeries::default(),
+                    target: dest(&s.target),
+                    reply: dest(&s.reply),
+                    dead_letter: dest(&s.dead_letter),
+                    policy: s.policy,
+                })
+                .collect(),
+            ingress: IngressSeries::default(),
+            load: OnceCell::new(),
+        });
+        if entry.owns_host {
+            self.hosts.insert(p.host.clone(), chan.clone());
+        }
+        self.paths.insert(p.path.clone(), chan);
     }
 
     /// The channel a request is for, by its target and `Host` header.

@@ -289,18 +289,34 @@ impl Worker {
 
     fn refresh(&self) {
         let g = self.hub.generation();
-        if g == self.generation.get() {
+        let had = self.generation.get();
+        if g == had {
             return;
         }
         let set = self.hub.current();
-        let table = Table::build(&set);
+        let mut slot = self.table.borrow_mut();
+        // Key by key when the publications since ours are known and nobody else holds the table
+        // (requests hold their channel, not the table); a rebuild otherwise.
+        let patched = match (self.hub.changes(had, g), Rc::get_mut(&mut slot)) {
+            (Some(changes), Some(table)) => {
+                for keys in &changes {
+                    table.apply(&set, keys);
+                }
+                true
+            }
+            _ => false,
+        };
+        if !patched {
+            *slot = Rc::new(Table::build(&set));
+        }
         tracing::debug!(
             worker = self.id,
             generation = g,
-            channels = table.len(),
+            channels = slot.len(),
+            incremental = patched,
             "routing table installed"
         );
-        *self.table.borrow_mut() = Rc::new(table);
+        drop(slot);
         // Channels with nothing in flight need no entry; theirs is made again on their next event.
         self.loads.borrow_mut().retain(|_, load| load.get() > 0);
         self.generation.set(g);

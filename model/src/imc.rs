@@ -143,10 +143,17 @@ impl Imc {
             .annotations
             .get(SCOPE_ANNOTATION)
             .map(String::as_str);
-        match namespace_mode {
-            None => scope != Some("namespace"),
-            Some(ns) => scope == Some("namespace") && self.namespace() == ns,
-        }
+        scope_matches(self.namespace(), scope, namespace_mode)
+    }
+}
+
+/// Contract §4.6: a cluster dispatcher (`namespace_mode` unset) serves channels whose scope
+/// annotation is absent or `cluster`; a namespace dispatcher serves only its namespace's channels
+/// annotated `namespace`.
+pub fn scope_matches(namespace: &str, scope: Option<&str>, namespace_mode: Option<&str>) -> bool {
+    match namespace_mode {
+        None => scope != Some("namespace"),
+        Some(ns) => scope == Some("namespace") && namespace == ns,
     }
 }
 

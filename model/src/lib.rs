@@ -11,7 +11,9 @@
 //! - [`policy`]: a subscriber's parsed delivery policy (retries, backoff, timeout, Retry-After).
 //! - [`status`]: the `status.subscribers` a channel should report once it is served, and the
 //!   JSON Patch that gets it there (contract §4.4, D17).
+//! - [`wire`]: the frames imc-control and imc-dispatcher exchange: versioned snapshots and acks.
 
 pub mod imc;
 pub mod policy;
 pub mod status;
+pub mod wire;
