@@ -1,0 +1,448 @@
+//! `imc-control`: the control plane of imc-rs. It watches the cluster's InMemoryChannels and the
+//! `config-features` ConfigMap, hands imc-dispatcher complete, versioned snapshots over the
+//! socket it inherited (the dispatcher starts it as its supervised child), and once the
+//! dispatcher acknowledges that a channel is routed on every worker, the leader of the replicas
+//! (a `coordination.k8s.io` Lease) writes `status.subscribers` back (D17).
+//!
+//! It runs on one thread (a current-thread tokio runtime): a few watch streams, one conversation
+//! with the dispatcher, and writes paced by `KUBE_API_QPS`/`KUBE_API_BURST`. The dispatcher never
+//! waits on it: when the API server is gone, or this process is, the dispatcher serves its last
+//! snapshot.
+//!
+//! # Layout
+//! - [`cache`]: the channels as last seen, the scope filter, and the snapshots made from them.
+//! - [`link`]: the socket to the dispatcher (frames of `imc_model::wire`).
+//! - [`lease`]: leader election on a Lease, with upstream's name and timing.
+//! - [`status`]: the status write-back queue: JSON Patches on `/status`, paced and retried.
+
+mod cache;
+mod lease;
+mod link;
+mod status;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use tokio::sync::mpsc;
+use tracing_subscriber::EnvFilter;
+
+use crate::cache::Cache;
+use crate::lease::Election;
+use crate::status::StatusWriter;
+
+/// imc-control: watches InMemoryChannels for imc-dispatcher and writes their status back. Started
+/// by imc-dispatcher (as its child, over an inherited socket); not meant to be run by hand.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "imc-control", version, about, long_about = None)]
+pub struct Args {
+    /// The descriptor of the socket to the dispatcher (set by the dispatcher).
+    #[arg(long, env = "IMC_CONTROL_FD", value_name = "FD")]
+    pub control_fd: i32,
+
+    /// Kubeconfig to use instead of the pod's service account.
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace of the dispatcher: config-features, config-leader-election and the Lease live
+    /// here (upstream's variable; required by upstream, defaulted here).
+    #[arg(
+        long,
+        env = "SYSTEM_NAMESPACE",
+        default_value = "knative-eventing",
+        value_name = "NS"
+    )]
+    pub system_namespace: String,
+
+    /// Namespace-scoped mode: watch only this namespace, serve only channels annotated
+    /// `eventing.knative.dev/scope: namespace` (upstream's variable).
+    #[arg(long, env = "NAMESPACE", value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// This replica's name, the first part of its Lease identity (upstream's variable; the
+    /// host name when unset).
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// No leader election: this replica writes status whatever other replicas do.
+    #[arg(long)]
+    pub disable_ha: bool,
+
+    /// The Lease that elects the replica writing status; upstream's name, so that exactly one
+    /// process writes during a rolling update from upstream's image to this one.
+    #[arg(
+        long,
+        default_value = "inmemorychannel-dispatcher.knative.dev.eventing.pkg.reconciler.inmemorychannel.dispatcher.reconciler.00-of-01",
+        value_name = "NAME"
+    )]
+    pub lease_name: String,
+
+    /// The ConfigMap with `lease-duration`, `renew-deadline` and `retry-period` (upstream's
+    /// variable and name); its values override the flags below.
+    #[arg(
+        long,
+        env = "CONFIG_LEADER_ELECTION_NAME",
+        default_value = "config-leader-election",
+        value_name = "NAME"
+    )]
+    pub leader_election_config: String,
+
+    /// How long a Lease holds without renewal.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    pub lease_duration: Duration,
+
+    /// How long the leader keeps trying to renew before it stops writing.
+    #[arg(long, default_value = "40s", value_parser = parse_duration, value_name = "DUR")]
+    pub renew_deadline: Duration,
+
+    /// How often the Lease is tried (and renewed).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub retry_period: Duration,
+
+    /// Writes per second to the API server (status patches, Lease updates), sustained.
+    #[arg(long, env = "KUBE_API_QPS", default_value_t = 50.0, value_name = "N")]
+    pub kube_api_qps: f64,
+
+    /// Writes in a burst above the sustained rate.
+    #[arg(long, env = "KUBE_API_BURST", default_value_t = 100, value_name = "N")]
+    pub kube_api_burst: u32,
+
+    /// A burst of changes within this window makes one snapshot.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration, value_name = "DUR")]
+    pub debounce: Duration,
+
+    /// Log format: `text` or `json`.
+    #[arg(
+        long,
+        env = "IMC_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: String,
+
+    /// Log filter, e.g. `info` or `imc_control=debug`.
+    #[arg(
+        long,
+        env = "IMC_LOG_LEVEL",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub log_level: String,
+}
+
+/// `10s`, `500ms`, `1m30s`, or ISO 8601 (`PT10S`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let sd: jiff::SignedDuration = t
+        .parse()
+        .map_err(|e| format!("`{s}` is not a duration (like 10s, 500ms, PT10S): {e}"))?;
+    Duration::try_from(sd).map_err(|_| format!("`{s}` is negative"))
+}
+
+/// Everything the main loop reacts to.
+pub enum Msg {
+    Channel(Box<Event<DynamicObject>>),
+    ChannelsFailing(String),
+    Features(Option<BTreeMap<String, String>>),
+    FeaturesFailing(String),
+    FromDispatcher(imc_model::wire::ToControl),
+    DispatcherGone(String),
+    Leader(bool),
+    PatchDone(String, Result<(), status::PatchError>),
+    /// A failed status write's backoff is over: look at the channel again.
+    Reconsider(String),
+}
+
+fn init_logging(args: &Args) {
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
+        .with_target(false);
+    if args.log_format == "json" {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(args))
+}
+
+async fn client(args: &Args) -> Result<kube::Client, String> {
+    let mut config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no cluster configuration (service account or KUBECONFIG): {e}")
+        })?,
+    };
+    // Every write carries this name as its field manager too (managedFields).
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("imc-control/", env!("CARGO_PKG_VERSION"))),
+    ));
+    kube::Client::try_from(config).map_err(|e| format!("cannot build the API client: {e}"))
+}
+
+pub fn imc_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("messaging.knative.dev", "v1", "InMemoryChannel"),
+        "inmemorychannels",
+    )
+}
+
+async fn run(args: Args) -> ExitCode {
+    let (mut link_tx, mut link_rx) = match link::connect(args.control_fd) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(fd = args.control_fd, error = %e, "cannot use the socket to the dispatcher");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match client(&args).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+
+    // The dispatcher's answers.
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match link_rx.next().await {
+                    Ok(m) => {
+                        if tx.send(Msg::FromDispatcher(m)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Msg::DispatcherGone(e));
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    // InMemoryChannels: all namespaces, or the one of a namespace-scoped dispatcher.
+    {
+        let ar = imc_resource();
+        let api: Api<DynamicObject> = match &args.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(item) = stream.next().await {
+                let msg = match item {
+                    Ok(ev) => Msg::Channel(Box::new(ev)),
+                    Err(e) => Msg::ChannelsFailing(e.to_string()),
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    // config-features in the system namespace.
+    {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &args.system_namespace);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let config = watcher::Config::default().fields("metadata.name=config-features");
+            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+            let mut seen: Option<BTreeMap<String, String>> = None;
+            let mut listing: Option<Option<BTreeMap<String, String>>> = None;
+            while let Some(item) = stream.next().await {
+                let next = match item {
+                    Ok(Event::Init) => {
+                        listing = Some(None);
+                        continue;
+                    }
+                    Ok(Event::InitApply(cm)) => {
+                        listing = Some(Some(cm.data.unwrap_or_default().into_iter().collect()));
+                        continue;
+                    }
+                    Ok(Event::InitDone) => listing.take().unwrap_or(None),
+                    Ok(Event::Apply(cm)) => Some(cm.data.unwrap_or_default().into_iter().collect()),
+                    Ok(Event::Delete(_)) => None,
+                    Err(e) => {
+                        if tx.send(Msg::FeaturesFailing(e.to_string())).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                if seen.as_ref() != next.as_ref() || seen.is_none() {
+                    seen = next.clone();
+                    if tx.send(Msg::Features(next)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    let writer = StatusWriter::new(client.clone(), args.kube_api_qps, args.kube_api_burst);
+
+    // Leader election (or none, with --disable-ha).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let election = if args.disable_ha {
+        let _ = tx.send(Msg::Leader(true));
+        None
+    } else {
+        let election = Election::new(client.clone(), &args, writer.limiter()).await;
+        Some(tokio::spawn(election.run(tx.clone(), stop_rx)))
+    };
+
+    let mut cache = Cache::new(args.namespace.clone());
+    let mut status = writer;
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                return ExitCode::from(1);
+            }
+        };
+    let mut health = Health::default();
+    loop {
+        let wake = cache.next_send(args.debounce);
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { return ExitCode::from(1) };
+                match msg {
+                    Msg::Channel(ev) => {
+                        health.channels_ok();
+                        for key in cache.on_event(*ev) {
+                            status.consider(&key);
+                        }
+                    }
+                    Msg::ChannelsFailing(e) => health.channels_failing(&e),
+                    Msg::Features(f) => {
+                        health.features_ok();
+                        cache.set_features(f.unwrap_or_default());
+                    }
+                    Msg::FeaturesFailing(e) => health.features_failing(&e),
+                    Msg::FromDispatcher(m) => {
+                        for key in cache.on_reply(m) {
+                            status.consider(&key);
+                        }
+                    }
+                    Msg::DispatcherGone(e) => {
+                        tracing::info!(reason = %e, "the dispatcher closed the socket; exiting");
+                        return ExitCode::SUCCESS;
+                    }
+                    Msg::Leader(leading) => {
+                        status.set_leader(leading);
+                        if leading {
+                            for key in cache.served_keys() {
+                                status.consider(&key);
+                            }
+                        }
+                    }
+                    Msg::PatchDone(key, result) => status.done(&key, result, &tx),
+                    Msg::Reconsider(key) => status.consider(&key),
+                }
+            }
+            _ = sleep_until(wake) => {
+                if let Some(frame) = cache.take_snapshot() {
+                    if let Err(e) = link_tx.send(&frame).await {
+                        tracing::info!(error = %e, "cannot write to the dispatcher; exiting");
+                        return ExitCode::SUCCESS;
+                    }
+                }
+            }
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: exiting (the Lease is released)");
+                let _ = stop_tx.send(true);
+                if let Some(election) = election {
+                    let _ = tokio::time::timeout(Duration::from_secs(3), election).await;
+                }
+                return ExitCode::SUCCESS;
+            }
+        }
+        status.pump(&cache, &tx);
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs the API server's watch health once per change, not once per attempt.
+#[derive(Default)]
+struct Health {
+    channels_down: bool,
+    features_down: bool,
+}
+
+impl Health {
+    fn channels_failing(&mut self, e: &str) {
+        if !self.channels_down {
+            tracing::warn!(error = %e, "InMemoryChannel watch failing; retrying with backoff, the dispatcher keeps its last snapshot");
+            self.channels_down = true;
+        }
+    }
+
+    fn channels_ok(&mut self) {
+        if self.channels_down {
+            tracing::info!("InMemoryChannel watch recovered");
+            self.channels_down = false;
+        }
+    }
+
+    fn features_failing(&mut self, e: &str) {
+        if !self.features_down {
+            tracing::warn!(error = %e, "config-features watch failing; retrying with backoff");
+            self.features_down = true;
+        }
+    }
+
+    fn features_ok(&mut self) {
+        if self.features_down {
+            tracing::info!("config-features watch recovered");
+            self.features_down = false;
+        }
+    }
+}
