@@ -22,6 +22,18 @@
 //! comes back as its string form (`true`, `42`). The comparisons below therefore compare
 //! extensions by their string form, and `time` as an instant, with its text checked byte for byte
 //! on the wire.
+//!
+//! What the SDKs themselves do, which the expectations account for (none of it is the
+//! dispatcher's doing; each case checks the dispatcher forwards it unchanged):
+//!
+//! - The Rust SDK (0.9) holds `time` as a UTC instant: it writes [`TIME`]'s `+02:00` as UTC,
+//!   `+00:00` in binary mode and `Z` in structured mode. The Python SDK's 1.x API keeps the text
+//!   it was given, so the Python cases carry the offset through.
+//! - The Python SDK's 1.x API, in binary mode, hands attribute values to the HTTP library as
+//!   they are: a boolean extension goes out as Python's `True`, not CloudEvents' `true`; and its
+//!   default data marshaller JSON-encodes text data, so `text/plain` data goes out quoted.
+//! - It fills a missing `time` with the current time when it parses, and does not read 0.3's
+//!   `datacontentencoding: base64` in structured mode.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -35,7 +47,7 @@ use imc_e2e::*;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-/// `time` with nanoseconds and a non-UTC offset.
+/// `time` with nanoseconds and a non-UTC offset (the Rust SDK sends it as UTC, see above).
 const TIME: &str = "2024-05-06T07:08:09.123456789+02:00";
 const SCHEMA: &str = "https://schemas.example.com/order.json";
 /// The HTTP-level W3C trace context a sender puts beside the event.
