@@ -1,63 +1,65 @@
 #!/usr/bin/env python3
 # WHAT THIS FIXTURE DOES NOT IMITATE. It is a test double for a Kubernetes 1.36 kube-apiserver,
-# written from the apiserver's documented and observed behaviour, not from running one; a test
-# that passes here proves nothing about the items below.
+# written from the apiserver's code and documented behaviour, not recorded from a running one: a
+# test that passes here proves nothing about the items below.
 #
 # Transport and encodings
 # - No HTTP/2 (ALPN offers only http/1.1), no h2c, no websockets, no SPDY, no exec/attach/logs.
-# - Request bodies: JSON only. YAML and protobuf bodies get 415 (a real server accepts both).
-#   Responses are always JSON: Accept is ignored (no protobuf, no `as=Table`, no CBOR) and
-#   nothing is gzip-compressed. No aggregated discovery (apidiscovery.k8s.io/v2): /api, /apis and
-#   /apis/G/V answer the legacy discovery documents only. No /openapi/v2 or /openapi/v3.
-# - No flow control (APF): the X-Kubernetes-Pf-* headers are sent, but nothing is ever queued
-#   or rejected with 429 except by the restart sequence and injected faults.
+# - Request bodies: JSON only; YAML and protobuf bodies get 415 (a real server takes both).
+#   Responses are always JSON: Accept is ignored (no protobuf, no CBOR, no `as=Table`), nothing
+#   is gzip-compressed, and field order is not Go's (custom resources are not key-sorted).
+# - No aggregated discovery (apidiscovery.k8s.io/v2): /api, /apis and /apis/G/V answer the
+#   legacy documents. No /openapi/v2 or /openapi/v3, no /metrics.
+# - No API Priority and Fairness: the X-Kubernetes-Pf-* headers are sent, but nothing is queued
+#   or throttled except by the restart sequence and injected faults. No 60 s request timeout.
 # Authentication and authorization
 # - Bearer tokens from --tokens only: no client certificates, no TokenReview, no OIDC, no
-#   impersonation headers. Without a token: 401, as with --anonymous-auth=false (the real
-#   default is true: then add --anonymous-auth, and the request runs as system:anonymous).
-# - RBAC is a fixed table per role (admin, imc-dispatcher, none) or the inline rules of the
-#   tokens file; no Role/ClusterRole/binding objects are served. No selector-scoped authz.
+#   impersonation. Without a token: 401, as with --anonymous-auth=false (the real default is
+#   true; pass --anonymous-auth and such requests run as system:anonymous and get 403).
+# - RBAC is a fixed table per role (admin, imc-dispatcher, none) or the tokens file's inline
+#   rules; no Role/ClusterRole/binding objects are served, no aggregation, no selector authz.
 # Admission and validation
-# - No admission webhooks: Knative's own defaulting and validating webhooks for
-#   InMemoryChannel (creator/lastModifier annotations, spec defaults, subscriber validation)
-#   do not run. No admission plugins but NamespaceLifecycle (namespace must exist on create;
-#   deleting a namespace deletes it at once, without Terminating and without deleting its
-#   contents). No ResourceQuota, LimitRanger, OwnerReferencesPermissionEnforcement.
-# - CRD schemas: the InMemoryChannel schema of Knative Eventing 1.2x (types, required, pruning
-#   of unknown fields, dropping of nulls); no formats, enums, patterns, min/max, CEL rules or
-#   ratcheting. EventType and EventPolicy are served with schemas that preserve everything.
-# - Built-in types: field types, unknown fields, MicroTime for Lease times, base64 for Secret
-#   data, Lease spec numbers, immutable ConfigMaps/Secrets, metadata.name and label values.
-#   Nothing else of the built-in validation (e.g. Event fields are not checked at all).
-# - Duplicate JSON keys are not reported (the last one wins, with no warning).
+# - No admission webhooks: Knative's defaulting and validating webhooks for InMemoryChannel
+#   (creator/lastModifier annotations, spec defaults, subscriber checks) do not run. No admission
+#   plugin but NamespaceLifecycle's "the namespace must exist" (deleting a namespace removes it
+#   at once, with no Terminating phase and without deleting what is in it). No ResourceQuota,
+#   LimitRanger, OwnerReferencesPermissionEnforcement (inmemorychannels/finalizers is only an
+#   RBAC name here), no garbage collector (ownerReferences never delete anything).
+# - CRD schemas: the InMemoryChannel schema of Knative Eventing 1.2x: types, required, pruning
+#   of unknown fields (Warning 299, or 400 with fieldValidation=Strict), dropping of nulls; no
+#   formats, enums, patterns, min/max, CEL rules or ratcheting. EventType and EventPolicy are
+#   served with schemas that keep everything.
+# - Built-in types: field types, unknown fields, MicroTime for Lease times, base64 of Secret
+#   data, Lease spec numbers, immutable ConfigMaps/Secrets, metadata.name and label values;
+#   nothing else of their validation (Event fields are not checked at all). Duplicate JSON keys
+#   are not reported (the last one wins). Client-sent managedFields are ignored.
 # Requests
 # - No server-side apply: application/apply-patch+yaml gets 415 (a real server applies it).
 #   Strategic merge patch (built-in types only) knows the merge keys of ownerReferences and
-#   finalizers and the $patch/$retainKeys/$setElementOrder/$deleteFromPrimitiveList
-#   directives as far as ConfigMap, Secret, Lease, Namespace and Event need them.
-# - managedFields: one entry per (manager, operation, subresource), operation Update; fieldsV1
-#   treats every list as atomic (a real server tracks list-map keys of built-in lists such as
-#   ownerReferences). Client-sent managedFields are ignored.
-# - fieldSelector: metadata.name and metadata.namespace only (=, ==, !=), as for CRDs.
-#   labelSelector: =, ==, !=, in, notin, exists, !exists. No `resourceVersionMatch=Exact` on
-#   watch, no `sendInitialEvents` without `allowWatchBookmarks` (422 as a real server).
-# - list with resourceVersion=0 honours limit (a 1.36 watch cache may ignore it). Paging,
-#   resourceVersion=N with Exact, and continue tokens are served from the same bounded history
-#   as watches: once history is compacted past them, they are 410 Expired.
-# - Watch: no bookmark right before timeoutSeconds ends a watch (a real server sends one);
-#   bookmarks come every --bookmark-interval seconds when allowWatchBookmarks=true. A watch
-#   that falls behind the bounded history ends cleanly (as a slow watcher terminated by the
-#   watch cache would). Watch is not served under the deprecated /watch/ path prefix.
-# - Restart: all objects and the resourceVersion counter survive (etcd); history is compacted at
-#   the moment of the restart. The 503 and 429 phases answer every resource request by
-#   default; a real 1.36 server answers 503 only for paths not yet installed (CRD groups:
-#   scope "crd") and, with ResilientWatchCacheInitialization, 429 only to watches and to lists
-#   it cannot serve from etcd (scope "watch").
-# - Not served: pods, services, deployments, serviceaccounts (and serviceaccounts/token:
-#   TokenRequest), RBAC objects, CRDs themselves, /scale, /finalize, proxy, eviction. Their
-#   paths answer 404 after authorization, like any path the fixture does not know.
-# - deletionGracePeriodSeconds, propagationPolicy and orphaning are accepted and ignored; there
-#   is no garbage collector (ownerReferences never delete anything).
+#   finalizers and the $patch/$retainKeys/$setElementOrder/$deleteFromPrimitiveList directives,
+#   which is all ConfigMap, Secret, Lease, Namespace and Event need.
+# - managedFields: operation Update only, lists atomic in fieldsV1 (a real server tracks the keys
+#   of built-in list-maps such as ownerReferences).
+# - fieldSelector: metadata.name and metadata.namespace only (=, ==, !=), as for CRDs without
+#   selectableFields. labelSelector: =, ==, !=, in, notin, exists, !exists.
+# - list with resourceVersion=0 honours limit (a 1.36 watch cache may serve it whole). Paging,
+#   resourceVersionMatch=Exact and continue tokens are served from the same bounded history as
+#   watches (--history events): once compacted past, they are 410 Expired.
+# - Watch: bookmarks every --bookmark-interval seconds when allowWatchBookmarks=true, and none
+#   right before timeoutSeconds ends a watch (a real server sends one then). A watch that falls
+#   behind the bounded history ends cleanly, as a watch cache ends a slow watcher. No watch under
+#   the deprecated /watch/ prefix.
+# - Restart: objects and the resourceVersion counter survive (etcd does); the restart writes the
+#   fixture's own identity Lease (kube-system/apiserver-fixture, as a starting kube-apiserver
+#   renews its Lease), then compacts history. The 503 and 429 phases answer every resource
+#   request by default; a real 1.36 server answers 503 only for paths not installed yet (CRD
+#   groups: unavailable_scope "crd") and, with ResilientWatchCacheInitialization, 429 only to
+#   watches and to reads it cannot pass to etcd (initializing_scope "watch").
+# - Not served: pods, services, endpoints, deployments, serviceaccounts and their token
+#   subresource (TokenRequest), RBAC objects, CRDs themselves, /scale, /finalize, proxy, eviction.
+#   Their paths answer 404 after authorization, like any path the fixture does not know (plain
+#   "404 page not found" outside the served API groups, a Status inside them).
+# - deletionGracePeriodSeconds, propagationPolicy and orphaning are accepted and ignored.
 """A test Kubernetes API server, speaking the real wire protocol on loopback.
 
 One process, HTTPS only. See tests/src/apiserver.rs for the Rust harness and the comment above
@@ -1241,7 +1243,7 @@ def update_managed_fields(old, new, res, manager, subresource, now):
     sub = "status" if subresource == "status" and res.status else None
     result, mine, my_index = [], None, None
     for e in entries:
-        if e.get("manager") == manager and e.get("operation") == "Update" and e.get("subresource") == sub:
+        if e.get("manager", "") == manager and e.get("operation") == "Update" and e.get("subresource") == sub:
             mine, my_index = e, len(result)
             continue
         fs = normalize(fieldset_from_v1(e.get("fieldsV1")))
@@ -1258,6 +1260,8 @@ def update_managed_fields(old, new, res, manager, subresource, now):
         else:
             entry = {"manager": manager, "operation": "Update", "apiVersion": res.api_version, "time": now,
                      "fieldsType": "FieldsV1", "fieldsV1": fieldset_to_v1(my_new)}
+            if not manager:
+                del entry["manager"]  # omitempty: a client with neither fieldManager nor User-Agent
             if sub:
                 entry["subresource"] = sub
         if my_index is None:
@@ -2180,6 +2184,7 @@ def log(msg):
 
 
 NON_RESOURCE_PUBLIC = ("/version", "/healthz", "/livez", "/readyz")
+MAX_BODY = 3 * 1024 * 1024  # the apiserver's MaxRequestBodyBytes
 
 
 class ApiHandler(BaseHTTPRequestHandler):
@@ -2214,7 +2219,14 @@ class ApiHandler(BaseHTTPRequestHandler):
                     return data
                 data += self.rfile.read(size)
                 self.rfile.readline(65537)
+                if len(data) > MAX_BODY:
+                    self.close_connection = True
+                    raise ApiError(413, "RequestEntityTooLarge", "Request entity too large: limit is %d"
+                                   % MAX_BODY, {})
         n = int(self.headers.get("Content-Length") or 0)
+        if n > MAX_BODY:
+            self.close_connection = True
+            raise ApiError(413, "RequestEntityTooLarge", "Request entity too large: limit is %d" % MAX_BODY, {})
         return self.rfile.read(n) if n else b""
 
     def common_headers(self, authenticated):

@@ -1023,3 +1023,77 @@ fn the_kubeconfig_names_the_server_the_ca_and_the_token() {
     )));
     assert!(server.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
 }
+
+#[test]
+fn a_streaming_list_sends_the_objects_then_the_initial_events_end_bookmark() {
+    let server = ApiServer::start();
+    server.admin().put(&imc("ch1", one_subscriber()));
+    server.admin().put(&imc("ch2", one_subscriber()));
+    let rv = server.resource_version();
+    // As kube-rs's watcher with InitialListStrategy::StreamingList asks for it.
+    let w = server.watch(
+        DISPATCHER_TOKEN,
+        &format!("{ALL_IMCS}?watch=true&timeoutSeconds=2&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0"),
+        Duration::from_secs(5),
+    );
+    let end = w.finish(Duration::from_secs(5));
+    let kinds: Vec<&str> = end
+        .events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["ADDED", "ADDED", "BOOKMARK"]);
+    assert_eq!(
+        end.events[2]["object"]["metadata"],
+        json!({"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}})
+    );
+    // Without allowWatchBookmarks it is refused, as by a real server.
+    let w = server.watch(
+        DISPATCHER_TOKEN,
+        &format!("{ALL_IMCS}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(w.status(), 422);
+}
+
+#[test]
+fn delete_waits_for_finalizers_and_answers_as_the_real_server() {
+    let server = ApiServer::start();
+    let mut o = imc("ch1", one_subscriber());
+    o["metadata"]["finalizers"] = json!(["imc-control.knative.dev"]);
+    server.admin().put(&o);
+    server.admin().configmap("default", "cm", &[("a", "1")]);
+    let path = format!("{IMCS}/ch1");
+    let resp = server.https(&KubeRequest::new("DELETE", &path).token(ADMIN_TOKEN));
+    resp.assert_status(200);
+    let pending = resp.json();
+    assert!(pending["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(
+        pending["metadata"]["generation"], 2,
+        "setting deletionTimestamp bumps generation"
+    );
+    // Removing the last finalizer deletes it.
+    let rv = rv_of(&pending);
+    let w = server.watch(
+        ADMIN_TOKEN,
+        &format!("{IMCS}?watch=true&resourceVersion={rv}&timeoutSeconds=1"),
+        Duration::from_secs(5),
+    );
+    patch(
+        &server,
+        ADMIN_TOKEN,
+        &path,
+        JSON_PATCH,
+        &json!([{"op": "remove", "path": "/metadata/finalizers"}]),
+    )
+    .assert_status(200);
+    server.get(ADMIN_TOKEN, &path).assert_status(404);
+    let end = w.finish(Duration::from_secs(5));
+    assert_eq!(end.events.last().unwrap()["type"], "DELETED");
+    // A built-in type answers a Status.
+    let resp =
+        server.https(&KubeRequest::new("DELETE", &format!("{CONFIGMAPS}/cm")).token(ADMIN_TOKEN));
+    resp.assert_status(200);
+    assert_eq!(resp.json()["status"], "Success");
+    assert_eq!(resp.json()["details"]["name"], "cm");
+}
