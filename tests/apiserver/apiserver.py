@@ -1955,6 +1955,7 @@ class WatchHandle:
         self.last_rv = start_rv
         self.started = time.time()
         self.dropped = False
+        self.entry = None  # its request-log entry: "ended" is written before the stream ends
 
     def as_json(self):
         return {"id": self.id, "path": self.path, "query": self.query, "user": self.user,
@@ -2083,6 +2084,11 @@ class Server:
             if graceful:
                 self.graceful_epoch.add(self.epoch - 1)  # the epoch being ended
             conns = list(self.conns)
+            for h in self.watches.values():
+                if h.entry is not None:
+                    h.entry["ended"] = "restart (graceful)" if graceful else "restart"
+            if not graceful:
+                self.watches.clear()
             t = time.time() + down
             self.phases = [(t, "down", opts)]
             for dur, name in ((forbidden_s, "forbidden"), (unavailable, "unavailable"),
@@ -2135,8 +2141,11 @@ class Server:
     def drop_watches(self):
         with self.lock:
             handles = list(self.watches.values())
+            self.watches.clear()  # gone now, whenever their threads notice
         for h in handles:
             h.dropped = True
+            if h.entry is not None:
+                h.entry["ended"] = "dropped"
             try:
                 h.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -2726,6 +2735,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             handle = WatchHandle(wid, self.connection, info.path, entry["query"], user.name, start_rv
                                  if error_event is None else 0)
             st.watches[wid] = handle
+        handle.entry = entry
         entry["watch"] = True
         entry["status"] = 200
         entry["watch_id"] = wid
@@ -2735,9 +2745,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         try:
             self.start_stream(resp_headers)
             if error_event is not None:
+                ended = entry["ended"] = "error event"
                 self.write_event({"type": "ERROR", "object": error_event})
                 self.end_stream()
-                ended = "error event"
                 return
             for o in initial:
                 self.write_event({"type": "ADDED", "object": self.shape(res, o)})
@@ -2801,11 +2811,13 @@ class ApiHandler(BaseHTTPRequestHandler):
                     elif was_m:
                         self.write_event({"type": "DELETED", "object": self.shape(res, e.obj)})
         except CleanEnd:
+            entry["ended"] = ended
             try:
                 self.end_stream()
             except OSError:
                 ended += ", client gone"
         except AbortStream:
+            entry["ended"] = ended
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
