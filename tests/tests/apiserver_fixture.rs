@@ -1097,3 +1097,50 @@ fn delete_waits_for_finalizers_and_answers_as_the_real_server() {
     assert_eq!(resp.json()["status"], "Success");
     assert_eq!(resp.json()["details"]["name"], "cm");
 }
+
+#[test]
+fn a_graceful_restart_ends_watches_cleanly_and_the_scopes_narrow_the_phases() {
+    let server = ApiServer::start();
+    let w = server.watch(
+        ADMIN_TOKEN,
+        &format!("{IMCS}?watch=true"),
+        Duration::from_secs(10),
+    );
+    server.wait_for_watch(IMCS, Duration::from_secs(5));
+    server.restart(Restart {
+        down: Duration::from_millis(300),
+        unavailable: Duration::from_millis(1500),
+        initializing: Duration::from_millis(1500),
+        unavailable_scope: "crd",
+        initializing_scope: "watch",
+        graceful: true,
+        ..Restart::default()
+    });
+    let end = w.finish(Duration::from_secs(5));
+    assert!(
+        end.clean(),
+        "a graceful restart ends the watch with the terminator: exit {:?}",
+        end.exit
+    );
+    let crd = imc_e2e::eventually(Duration::from_secs(5), "listening again", || {
+        std::net::TcpStream::connect(server.addr())
+            .ok()
+            .map(|_| server.get(DISPATCHER_TOKEN, ALL_IMCS))
+    });
+    crd.assert_status(503);
+    // Core paths are installed: no 503 for them.
+    server
+        .get(DISPATCHER_TOKEN, "/api/v1/namespaces/default/configmaps")
+        .assert_status(200);
+    imc_e2e::eventually(Duration::from_secs(5), "the 429 phase", || {
+        (server.state()["phase"] == "initializing").then_some(())
+    });
+    // Lists pass, watches get 429 while the watch cache initializes.
+    server.get(DISPATCHER_TOKEN, ALL_IMCS).assert_status(200);
+    let w = server.watch(
+        DISPATCHER_TOKEN,
+        &format!("{ALL_IMCS}?watch=true"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(w.status(), 429);
+}
