@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The test suite on a fresh machine: installs what the tests run besides the project's own
 # binaries (curl; promtool and the Prometheus server, for the metrics tests; python3 with pip and
-# the CloudEvents Python SDK, for tests/tests/sdk_interop.rs) when missing, then runs `cargo test
-# --workspace`. Extra arguments go to cargo test.
+# the CloudEvents Python SDK, for tests/tests/sdk_interop.rs; python3 and the openssl CLI, for the
+# apiserver fixture) when missing, then runs `cargo test --workspace`. Extra arguments go to cargo
+# test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v curl >/dev/null || need+=(curl)
-{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need+=(prometheus)
 command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
+{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || need+=(prometheus)
 { command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; } || need+=(python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

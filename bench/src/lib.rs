@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use imc_dispatcher::channels::{BuildOptions, ChannelSet, FileLoad};
 use imc_dispatcher::cloudevent::CeLimits;
 use imc_dispatcher::http::{parse_request, RequestHead};
-use imc_dispatcher::imc::Source;
+use imc_dispatcher::imc::{Imc, Source};
 
 /// A binary-mode CloudEvent request as wrk's `ce.lua` sends it, with a body of `size` bytes.
 pub fn binary_request(size: usize) -> Vec<u8> {
@@ -47,8 +47,9 @@ pub fn split(raw: &[u8]) -> (RequestHead, Bytes, Bytes) {
     (head, frozen, body)
 }
 
-/// A channel set of `n` channels (`ch0` … in namespace `bench`), each with `subs` subscribers.
-pub fn channel_set(n: usize, subs: usize) -> ChannelSet {
+/// `n` InMemoryChannels (`ch0` … in namespace `bench`), each with `subs` subscribers, as parsed
+/// from manifests.
+pub fn channel_manifests(n: usize, subs: usize) -> Vec<Imc> {
     let mut yaml = String::new();
     for i in 0..n {
         yaml.push_str(&format!(
@@ -63,15 +64,24 @@ pub fn channel_set(n: usize, subs: usize) -> ChannelSet {
             yaml.push_str("  []\n");
         }
     }
-    let path = std::path::PathBuf::from("bench.yaml");
-    let result = imc_dispatcher::source::parse_manifests(&yaml, &path);
-    let files = [FileLoad { path, result }];
-    let opts = BuildOptions {
-        cluster_domain: "cluster.local",
-        namespace_mode: None,
-        source: Source::File,
-    };
-    ChannelSet::build(&ChannelSet::default(), &files, &opts).0
+    imc_dispatcher::source::parse_manifests(&yaml, std::path::Path::new("bench.yaml"))
+        .expect("bench manifests parse")
+}
+
+/// The options of a file-source build.
+pub const OPTIONS: BuildOptions<'static> = BuildOptions {
+    cluster_domain: "cluster.local",
+    namespace_mode: None,
+    source: Source::File,
+};
+
+/// A channel set of `n` channels (`ch0` … in namespace `bench`), each with `subs` subscribers.
+pub fn channel_set(n: usize, subs: usize) -> ChannelSet {
+    let files = [FileLoad {
+        path: std::path::PathBuf::from("bench.yaml"),
+        result: Ok(channel_manifests(n, subs)),
+    }];
+    ChannelSet::build(&ChannelSet::default(), &files, &OPTIONS).0
 }
 
 /// A scratch buffer like a worker's event-head buffer.

@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //!
+//! - [`apiserver`]: a test Kubernetes API server (`tests/apiserver/apiserver.py`) over HTTPS on
+//!   loopback, for the control plane: seeded objects, the request log, restarts, faults.
 //! - [`dut`]: starts the dispatcher under test on a channels file, finds its address, keeps its logs.
 //! - [`manifest`]: InMemoryChannel manifests as `kubectl get imc -o yaml` prints them.
 //! - [`sink`]: scripted HTTP/1.1 subscribers that record every request; they can answer late, hang
@@ -25,6 +27,7 @@
 //! Every test runs once per I/O driver: write `fn property_name(driver: Driver)` and list it in
 //! [`both_drivers!`], which makes `io_uring::property_name` and `epoll::property_name`.
 
+pub mod apiserver;
 pub mod apps;
 pub mod client;
 pub mod dut;
