@@ -46,6 +46,8 @@ pub fn kube_probe() -> Request {
 enum Source {
     File { name: String, contents: String },
     Dir(Vec<(String, String)>),
+    /// A cluster: `--kubeconfig`, and imc-control as the dispatcher's child.
+    Cluster(PathBuf),
 }
 
 /// Configures a DUT before it starts.
@@ -80,6 +82,13 @@ impl DutBuilder {
                 .map(|(n, c)| (n.to_string(), c.to_string()))
                 .collect(),
         );
+        self
+    }
+
+    /// The channels of the cluster this kubeconfig points at (`--kubeconfig`, no `--channels`):
+    /// the dispatcher starts imc-control next to its own binary.
+    pub fn cluster(mut self, kubeconfig: &Path) -> DutBuilder {
+        self.source = Source::Cluster(kubeconfig.to_path_buf());
         self
     }
 
@@ -129,7 +138,13 @@ impl DutBuilder {
         let root = TempDir::new();
         let source = root.0.join("src");
         fs::create_dir_all(&source).expect("create source directory");
+        let mut source_args: Vec<std::ffi::OsString> = Vec::new();
         let channels = match &self.source {
+            Source::Cluster(kubeconfig) => {
+                source_args.push("--kubeconfig".into());
+                source_args.push(kubeconfig.into());
+                kubeconfig.clone()
+            }
             Source::File { name, contents } => {
                 let path = source.join(name);
                 fs::write(&path, contents).expect("write channels file");
@@ -144,10 +159,13 @@ impl DutBuilder {
                 dir
             }
         };
+        if source_args.is_empty() {
+            source_args.push("--channels".into());
+            source_args.push(channels.clone().into());
+        }
         let bin = binary();
         let mut child = Command::new(&bin)
-            .arg("--channels")
-            .arg(&channels)
+            .args(&source_args)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--workers", &self.workers.to_string()])
             .args(["--io-driver", self.driver.as_arg()])
@@ -323,6 +341,29 @@ impl Dut {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The pids of the dispatcher's child processes named `name` (e.g. `imc-control`), read
+    /// from `/proc`.
+    pub fn children(&self, name: &str) -> Vec<u32> {
+        let me = self.child.id();
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                // `pid (comm) state ppid ...`; comm may hold spaces, so split at its last ')'.
+                let Some((head, rest)) = stat.rsplit_once(')') else {
+                    return false;
+                };
+                let comm = head.split_once('(').map_or("", |(_, c)| c);
+                let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+                comm == name && ppid == Some(me)
+            })
+            .collect()
     }
 
     /// Sends signal `name` (`TERM`, `INT`, `KILL`, ...) with `kill(1)`.
