@@ -44,7 +44,10 @@ pub fn kube_probe() -> Request {
 
 /// Where the DUT reads its channels from.
 enum Source {
-    File { name: String, contents: String },
+    File {
+        name: String,
+        contents: String,
+    },
     Dir(Vec<(String, String)>),
     /// A cluster: `--kubeconfig`, and imc-control as the dispatcher's child.
     Cluster(PathBuf),
@@ -360,7 +363,10 @@ impl Dut {
                     return false;
                 };
                 let comm = head.split_once('(').map_or("", |(_, c)| c);
-                let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+                let ppid = rest
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u32>().ok());
                 comm == name && ppid == Some(me)
             })
             .collect()

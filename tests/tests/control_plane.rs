@@ -110,7 +110,9 @@ fn ready_channel_is_served_then_its_status_patched(driver: Driver) {
     let p = &patches[0];
     assert_eq!(p["status"].as_u64(), Some(200), "{p:#}");
     assert_eq!(
-        p["content_type"].as_str().map(|c| c.split(';').next().unwrap_or("")),
+        p["content_type"]
+            .as_str()
+            .map(|c| c.split(';').next().unwrap_or("")),
         Some("application/json-patch+json"),
         "{p:#}"
     );
@@ -199,10 +201,14 @@ fn unready_channel_waits_until_ready(driver: Driver) {
         "default",
         "ch1",
         spec(&[("u1", 1, &s1.url())]),
-        Some(json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "False"}]})),
+        Some(
+            json!({"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "False"}]}),
+        ),
     );
     let g = obj["metadata"]["generation"].as_i64().unwrap();
-    let behind = api.admin().imc("default", "ch2", spec(&[("u1", 1, &s1.url())]), None);
+    let behind = api
+        .admin()
+        .imc("default", "ch2", spec(&[("u1", 1, &s1.url())]), None);
     let g2 = behind["metadata"]["generation"].as_i64().unwrap();
     api.admin().merge_patch(
         "inmemorychannels",
@@ -212,7 +218,11 @@ fn unready_channel_waits_until_ready(driver: Driver) {
     );
     std::thread::sleep(Duration::from_millis(1000));
     for name in ["ch1", "ch2"] {
-        assert_eq!(dut.send(&event("default", name, true, "early")).status, 404, "{name}");
+        assert_eq!(
+            dut.send(&event("default", name, true, "early")).status,
+            404,
+            "{name}"
+        );
         assert!(status_patches(&api, "default", name).is_empty(), "{name}");
     }
     api.admin().merge_patch(
@@ -225,7 +235,40 @@ fn unready_channel_waits_until_ready(driver: Driver) {
     eventually(SERVED, "ch1 patched", || {
         (!status_patches(&api, "default", "ch1").is_empty()).then_some(())
     });
-    assert_eq!(dut.send(&event("default", "ch2", true, "still")).status, 404);
+    assert_eq!(
+        dut.send(&event("default", "ch2", true, "still")).status,
+        404
+    );
+}
+
+/// A channel with an invalid subscriber is rejected alone (logged with the channel and the
+/// field), never reported ready; its neighbours in the same snapshot are served; once fixed, it
+/// is served and patched.
+fn invalid_channel_is_rejected_alone(driver: Driver) {
+    let api = ApiServer::start();
+    let s1 = Sink::ok();
+    let mut bad = spec(&[("u1", 1, &s1.url())]);
+    bad["subscribers"][0]["delivery"] =
+        json!({"backoffPolicy": "linear", "backoffDelay": "garbage"});
+    put_ready(&api, "default", "good", spec(&[("u1", 1, &s1.url())]));
+    put_ready(&api, "default", "bad", bad);
+    let dut = start_dut(driver, &api, "dut-a", &[]);
+    wait_answer(&dut, "default", "good", 202);
+    let line = dut
+        .wait_log(0, SERVED, |l| l.contains("channel update rejected"))
+        .expect("the rejection is logged");
+    assert!(
+        line.contains("default/bad") && line.contains("backoffDelay"),
+        "{line}"
+    );
+    assert_eq!(dut.send(&event("default", "bad", true, "x")).status, 404);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(status_patches(&api, "default", "bad").is_empty());
+    put_ready(&api, "default", "bad", spec(&[("u1", 1, &s1.url())]));
+    wait_answer(&dut, "default", "bad", 202);
+    eventually(SERVED, "patched once fixed", || {
+        (!status_patches(&api, "default", "bad").is_empty()).then_some(())
+    });
 }
 
 /// A deleted channel answers 404 on its host and on its path (D8).
@@ -285,9 +328,10 @@ fn scope_annotation_picks_the_dispatcher(driver: Driver) {
     // The namespaced one watched only its namespace.
     let watches = api.requests(&[("watch", "true"), ("resource", "inmemorychannels")]);
     assert!(
-        watches
-            .iter()
-            .any(|w| w["path"].as_str().unwrap_or("").contains("/namespaces/team-a/")),
+        watches.iter().any(|w| w["path"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/namespaces/team-a/")),
         "{watches:#?}"
     );
 }
@@ -312,15 +356,22 @@ fn control_converges_after_restarts_and_dropped_watches(driver: Driver) {
     wait_answer(&dut, "default", "ch3", 202);
 
     api.restart(apiserver::Restart::default());
-    assert_eq!(dut.send(&event("default", "ch1", true, "during")).status, 202);
+    assert_eq!(
+        dut.send(&event("default", "ch1", true, "during")).status,
+        202
+    );
     assert_eq!(dut.probe(), 204, "ready while the API server is away");
     put_ready(&api, "default", "ch4", spec(&[("u1", 1, &s1.url())]));
     api.admin().delete("inmemorychannels", "default", "ch2");
-    eventually(Duration::from_secs(30), "converged after the restart", || {
-        let ch4 = dut.send(&event("default", "ch4", true, "after")).status;
-        let ch2 = dut.send(&event("default", "ch2", true, "after")).status;
-        (ch4 == 202 && ch2 == 404).then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "converged after the restart",
+        || {
+            let ch4 = dut.send(&event("default", "ch4", true, "after")).status;
+            let ch2 = dut.send(&event("default", "ch2", true, "after")).status;
+            (ch4 == 202 && ch2 == 404).then_some(())
+        },
+    );
     // One line per outage, not one per retry.
     let failing = dut
         .logs()
@@ -332,7 +383,9 @@ fn control_converges_after_restarts_and_dropped_watches(driver: Driver) {
         "{failing} 'watch failing' lines: the outage is seen, and logged once per state change"
     );
     assert!(
-        dut.logs().iter().any(|l| l.contains("InMemoryChannel watch recovered")),
+        dut.logs()
+            .iter()
+            .any(|l| l.contains("InMemoryChannel watch recovered")),
         "recovery logged"
     );
 }
@@ -344,7 +397,11 @@ fn one_leader_writes_status_and_another_takes_over(driver: Driver) {
     api.admin().configmap(
         SYSTEM_NAMESPACE,
         "config-leader-election",
-        &[("lease-duration", "3s"), ("renew-deadline", "2s"), ("retry-period", "500ms")],
+        &[
+            ("lease-duration", "3s"),
+            ("renew-deadline", "2s"),
+            ("retry-period", "500ms"),
+        ],
     );
     let s1 = Sink::ok();
     let a = start_dut(driver, &api, "dut-a", &[]);
@@ -364,7 +421,10 @@ fn one_leader_writes_status_and_another_takes_over(driver: Driver) {
         .admin()
         .get("leases", SYSTEM_NAMESPACE, LEASE)
         .expect("the Lease, under upstream's name");
-    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or("").to_owned();
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     let (leader, follower, next) = if holder.starts_with("dut-a_") {
         (&a, &b, "dut-b_")
     } else {
@@ -379,11 +439,22 @@ fn one_leader_writes_status_and_another_takes_over(driver: Driver) {
     leader.signal("KILL");
     let killed = Instant::now();
     // A change only the new leader can report.
-    put_ready(&api, "default", "ch1", spec(&[("u1", 1, &s1.url()), ("u2", 2, &s1.url())]));
-    eventually(Duration::from_secs(10), "the follower writes status", || {
-        (status_patches(&api, "default", "ch1").len() >= 2).then_some(())
-    });
-    assert!(killed.elapsed() < Duration::from_secs(8), "took over in {:?}", killed.elapsed());
+    put_ready(
+        &api,
+        "default",
+        "ch1",
+        spec(&[("u1", 1, &s1.url()), ("u2", 2, &s1.url())]),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the follower writes status",
+        || (status_patches(&api, "default", "ch1").len() >= 2).then_some(()),
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "took over in {:?}",
+        killed.elapsed()
+    );
     let lease = api.admin().get("leases", SYSTEM_NAMESPACE, LEASE).unwrap();
     assert!(
         lease["spec"]["holderIdentity"]
@@ -408,7 +479,10 @@ fn killed_control_is_restarted_and_serving_goes_on(driver: Driver) {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &first[0].to_string()])
         .status();
-    assert_eq!(dut.send(&event("default", "ch1", false, "alone")).status, 202);
+    assert_eq!(
+        dut.send(&event("default", "ch1", false, "alone")).status,
+        202
+    );
     assert_eq!(dut.probe(), 204);
     eventually(SERVED, "imc-control restarted", || {
         let now = dut.children("imc-control");
@@ -435,7 +509,10 @@ fn feature_flags_reach_the_dispatcher(driver: Driver) {
     api.admin().configmap(
         SYSTEM_NAMESPACE,
         "config-features",
-        &[("transport-encryption", "disabled"), ("authentication-oidc", "disabled")],
+        &[
+            ("transport-encryption", "disabled"),
+            ("authentication-oidc", "disabled"),
+        ],
     );
     let dut = start_dut(driver, &api, "dut-a", &[]);
     let scrape = || {
@@ -451,18 +528,22 @@ fn feature_flags_reach_the_dispatcher(driver: Driver) {
     api.admin().configmap(
         SYSTEM_NAMESPACE,
         "config-features",
-        &[("transport-encryption", "strict"), ("authentication-oidc", "disabled")],
+        &[
+            ("transport-encryption", "strict"),
+            ("authentication-oidc", "disabled"),
+        ],
     );
     eventually(SERVED, "the new value", || {
         let text = scrape();
-        let strict = text
-            .contains(r#"imc_feature_flag_info{flag="transport-encryption",value="strict"} 1"#);
+        let strict =
+            text.contains(r#"imc_feature_flag_info{flag="transport-encryption",value="strict"} 1"#);
         let old = text
             .contains(r#"imc_feature_flag_info{flag="transport-encryption",value="disabled"} 1"#);
         (strict && !old).then_some(())
     });
     assert!(
-        dut.wait_log(0, Duration::from_secs(1), |l| l.contains("feature flag set")
+        dut.wait_log(0, Duration::from_secs(1), |l| l
+            .contains("feature flag set")
             && l.contains("strict"))
             .is_some(),
         "the change is logged"
@@ -473,6 +554,7 @@ both_drivers!(
     ready_channel_is_served_then_its_status_patched,
     added_subscriber_is_served_and_patched_once,
     unready_channel_waits_until_ready,
+    invalid_channel_is_rejected_alone,
     deleted_channel_is_404_on_host_and_path,
     scope_annotation_picks_the_dispatcher,
     control_converges_after_restarts_and_dropped_watches,
