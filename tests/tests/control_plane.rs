@@ -271,6 +271,78 @@ fn invalid_channel_is_rejected_alone(driver: Driver) {
     });
 }
 
+/// Status writes that fail (a conflict, then a server error) are retried with backoff until
+/// they succeed, and logged once for the channel, not once per attempt.
+fn failed_status_patch_is_retried_and_logged_once(driver: Driver) {
+    let api = ApiServer::start();
+    let s1 = Sink::ok();
+    api.inject(
+        &apiserver::Fault::verb("patch", "inmemorychannels")
+            .count(1)
+            .status(409),
+    );
+    api.inject(
+        &apiserver::Fault::verb("patch", "inmemorychannels")
+            .count(2)
+            .status(500),
+    );
+    let dut = start_dut(driver, &api, "dut-a", &[]);
+    put_ready(&api, "default", "ch1", spec(&[("u1", 1, &s1.url())]));
+    wait_answer(&dut, "default", "ch1", 202);
+    let patches = eventually(Duration::from_secs(15), "a patch that succeeds", || {
+        let p = status_patches(&api, "default", "ch1");
+        p.iter()
+            .any(|r| r["status"].as_u64() == Some(200))
+            .then_some(p)
+    });
+    let codes: Vec<_> = patches.iter().map(|r| r["status"].as_u64()).collect();
+    assert_eq!(
+        codes,
+        [Some(409), Some(500), Some(500), Some(200)],
+        "{patches:#?}"
+    );
+    let logged = dut
+        .logs()
+        .iter()
+        .filter(|l| l.contains("status patch failed") && l.contains("default/ch1"))
+        .count();
+    assert_eq!(logged, 1, "one line for the channel's failures");
+    assert!(dut
+        .logs()
+        .iter()
+        .any(|l| l.contains("status written after earlier failures")));
+}
+
+/// D14 from the cluster: not ready until the first snapshot is installed on every worker (the
+/// API server is away at start), then ready.
+fn not_ready_until_the_first_snapshot(driver: Driver) {
+    let api = ApiServer::start();
+    let s1 = Sink::ok();
+    put_ready(&api, "default", "ch1", spec(&[("u1", 1, &s1.url())]));
+    api.inject(
+        &apiserver::Fault::verb("list", "inmemorychannels")
+            .count(3)
+            .status(503),
+    );
+    api.inject(
+        &apiserver::Fault::verb("watch", "inmemorychannels")
+            .count(3)
+            .status(503),
+    );
+    let dut = Dut::builder(driver)
+        .cluster(&api.kubeconfig_path(DISPATCHER_TOKEN))
+        .env("SYSTEM_NAMESPACE", SYSTEM_NAMESPACE)
+        .env("POD_NAME", "dut-a")
+        .spawn();
+    assert_eq!(dut.probe(), 503, "ready before any snapshot");
+    eventually(
+        Duration::from_secs(20),
+        "ready once the list succeeds",
+        || (dut.probe() == 204).then_some(()),
+    );
+    wait_answer(&dut, "default", "ch1", 202);
+}
+
 /// A deleted channel answers 404 on its host and on its path (D8).
 fn deleted_channel_is_404_on_host_and_path(driver: Driver) {
     let api = ApiServer::start();
@@ -555,6 +627,8 @@ both_drivers!(
     added_subscriber_is_served_and_patched_once,
     unready_channel_waits_until_ready,
     invalid_channel_is_rejected_alone,
+    failed_status_patch_is_retried_and_logged_once,
+    not_ready_until_the_first_snapshot,
     deleted_channel_is_404_on_host_and_path,
     scope_annotation_picks_the_dispatcher,
     control_converges_after_restarts_and_dropped_watches,
