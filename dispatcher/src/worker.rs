@@ -26,6 +26,9 @@ use crate::routing::{Channel, Table};
 /// wait for traffic). Busy workers look between requests.
 const TICK: Duration = Duration::from_millis(20);
 
+/// A ticker this late means other tasks are not getting the core (see [`Worker::starving`]).
+const STARVED: Duration = Duration::from_millis(50);
+
 /// The driver a worker actually runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
@@ -117,6 +120,9 @@ pub struct Worker {
     generation: Cell<u64>,
     /// Event heads are written here and split off; the allocation is reused once they are gone.
     pub event_head: RefCell<BytesMut>,
+    /// When the ticker last ran. A ticker that has not run for [`STARVED`] means one task keeps
+    /// the core: see [`Worker::starving`].
+    last_tick: Cell<Instant>,
     pub bad_input_log: Throttle,
     pub delivery_log: Throttle,
 }
@@ -208,6 +214,14 @@ impl Worker {
                 .or_default()
                 .clone()
         })
+    }
+
+    /// Whether the worker's other tasks are starving: the ticker, due every 20 ms, has not run
+    /// for [`STARVED`]. With epoll, an operation whose descriptor is ready completes without
+    /// yielding, so a client that pipelines requests faster than they are answered would keep
+    /// its connection's task running, and every other connection of the worker waiting.
+    pub fn starving(&self) -> bool {
+        self.last_tick.get().elapsed() > STARVED
     }
 
     /// Whether the body budget is used up: a new body gets 503 before it is read.
@@ -402,6 +416,7 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
         table: RefCell::new(Rc::new(Table::default())),
         generation: Cell::new(0),
         event_head: RefCell::new(BytesMut::with_capacity(64 << 10)),
+        last_tick: Cell::new(Instant::now()),
         bad_input_log: Throttle::default(),
         delivery_log: Throttle::default(),
     });
@@ -409,6 +424,7 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
     monoio::spawn(async move {
         loop {
             ticker.refresh();
+            ticker.last_tick.set(Instant::now());
             // The drain flag is looked at here only, not on every request.
             if !ticker.draining.get() && ticker.hub.is_draining() {
                 ticker.draining.set(true);

@@ -110,4 +110,61 @@ fn barrage_of_bad_input_leaves_dispatcher_serving(driver: Driver) {
     assert_binary_e1(&got[0]);
 }
 
-both_drivers!(barrage_of_bad_input_leaves_dispatcher_serving);
+/// A client that pipelines requests as fast as it can (and reads the answers) never takes the
+/// worker from its other connections: with epoll a ready socket's operations complete without
+/// yielding, so its task would run as long as the flood lasts.
+fn a_pipelining_flood_does_not_starve_other_connections(driver: Driver) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s1 = Sink::ok();
+    let dut = Dut::builder(driver)
+        .channels(&[c1().subscriber(Sub::to(&s1.url()))])
+        .workers(1)
+        .start();
+    let flood = dut.connect();
+    let mut reader = flood.writer().expect("a second handle");
+    let mut writer = flood.writer().expect("a third handle");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let batch: Vec<u8> = kube_probe().to_bytes().repeat(256);
+    let stop_w = stop.clone();
+    let w = std::thread::spawn(move || {
+        let until = std::time::Instant::now() + Duration::from_secs(4);
+        while !stop_w.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+            if writer.write_all(&batch).is_err() {
+                return;
+            }
+        }
+    });
+    let stop_r = stop.clone();
+    let r = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let _ = reader.set_read_timeout(Some(Duration::from_millis(200)));
+        while !stop_r.load(Ordering::Relaxed) {
+            if matches!(reader.read(&mut buf), Ok(0)) {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut worst = Duration::ZERO;
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        let mut c = dut.connect();
+        c.set_read_timeout(Duration::from_secs(10));
+        c.send(&e1().id(&format!("during-{i}"))).assert_status(202);
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = (w.join(), r.join());
+    drop(flood);
+    assert!(
+        worst < Duration::from_millis(1500),
+        "an event on another connection took {worst:?} while one connection flooded"
+    );
+}
+
+both_drivers!(
+    barrage_of_bad_input_leaves_dispatcher_serving,
+    a_pipelining_flood_does_not_starve_other_connections
+);
