@@ -67,7 +67,7 @@ fn channel_change(c: &mut Criterion) {
     let mut g = c.benchmark_group("channel_change");
     let n = 10_000;
     let imcs = channel_manifests(n, 2);
-    let origin = Path::new("bench.yaml");
+    let origin: std::sync::Arc<Path> = Path::new("bench.yaml").into();
     let files = [FileLoad {
         path: origin.to_path_buf(),
         result: Ok(imcs.clone()),
@@ -77,7 +77,7 @@ fn channel_change(c: &mut Criterion) {
     let mut changed = imcs[n / 2].clone();
     changed.spec.subscribers[0].subscriber_uri = Some("http://elsewhere.bench.svc:8080/".into());
     let changed = [changed];
-    let next = ChannelSet::apply(&set, origin, &changed, &[], &OPTIONS).0;
+    let next = ChannelSet::apply(&set, &origin, &changed, &[], &OPTIONS).0;
     let keys = next.diff(&set);
     assert_eq!(keys.len(), 1);
     g.throughput(Throughput::Elements(n as u64));
@@ -91,7 +91,7 @@ fn channel_change(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("set_apply_one", |b| {
         b.iter(|| {
-            ChannelSet::apply(&set, origin, black_box(&changed), &[], &OPTIONS)
+            ChannelSet::apply(&set, &origin, black_box(&changed), &[], &OPTIONS)
                 .0
                 .len()
         })

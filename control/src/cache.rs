@@ -6,6 +6,11 @@
 //! One snapshot is in flight at a time: changes that arrive meanwhile wait for its ack, so a
 //! burst becomes one delta on the acknowledged version (a delta is only ever based on a version
 //! the dispatcher has). The first snapshot of a conversation, and any after a `Resync`, is whole.
+//!
+//! Memory: an object is kept as its compact JSON (what the snapshot frame carries, copied, never
+//! re-encoded), with a hash of the fields the dispatcher reads. A change to anything else (the
+//! status this process writes back, managedFields, resourceVersion) updates the kept JSON but
+//! sends nothing: the status write-back's own echo does not become a snapshot.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -14,12 +19,43 @@ use imc_model::imc::{scope_matches, SCOPE_ANNOTATION};
 use imc_model::wire::{self, ChannelState, Snapshot, ToControl, ToDispatcher};
 use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::time::Instant;
 
+/// One channel object as kept.
+struct Kept {
+    raw: Box<RawValue>,
+    /// A hash of what the dispatcher reads of it (see [`routing_hash`]).
+    routing: u64,
+}
+
+/// A hash of the fields the dispatcher's translation reads: name, namespace, generation and
+/// annotations; the spec; the status's address, conditions and observedGeneration.
+fn routing_hash(v: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in [
+        "/metadata/name",
+        "/metadata/namespace",
+        "/metadata/generation",
+        "/metadata/annotations",
+        "/spec",
+        "/status/address",
+        "/status/conditions",
+        "/status/observedGeneration",
+    ] {
+        p.hash(&mut h);
+        if let Some(x) = v.pointer(p) {
+            x.to_string().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
 pub struct Cache {
     namespace_mode: Option<String>,
-    objects: BTreeMap<String, Value>,
+    objects: BTreeMap<String, Kept>,
     /// Objects of a relist in progress (between `Init` and `InitDone`).
     listing: Option<BTreeMap<String, Value>>,
     /// The first complete list has arrived: snapshots may be sent.
@@ -84,15 +120,19 @@ impl Cache {
         self.dirty_since.get_or_insert_with(Instant::now);
     }
 
-    fn upsert(&mut self, key: String, v: Value) -> bool {
-        if self.objects.get(&key) == Some(&v) {
-            return false;
+    /// Keeps `v`; marks it for the next snapshot when what the dispatcher reads of it changed.
+    fn upsert(&mut self, key: String, v: Value) {
+        let routing = routing_hash(&v);
+        let Ok(raw) = serde_json::value::to_raw_value(&v) else {
+            return;
+        };
+        let old = self.objects.insert(key.clone(), Kept { raw, routing });
+        if old.is_some_and(|o| o.routing == routing) {
+            return;
         }
-        self.objects.insert(key.clone(), v);
         self.deleted.remove(&key);
         self.changed.insert(key);
         self.dirty();
-        true
     }
 
     fn remove(&mut self, key: &str) {
@@ -200,12 +240,16 @@ impl Cache {
         self.next_version += 1;
         let whole = self.need_whole || self.acked.is_none();
         let (base, upserts, deletes) = if whole {
-            (None, self.objects.values().cloned().collect(), Vec::new())
+            (
+                None,
+                self.objects.values().map(|k| k.raw.clone()).collect(),
+                Vec::new(),
+            )
         } else {
             let upserts = self
                 .changed
                 .iter()
-                .filter_map(|k| self.objects.get(k).cloned())
+                .filter_map(|k| self.objects.get(k).map(|o| o.raw.clone()))
                 .collect();
             (self.acked, upserts, self.deleted.iter().cloned().collect())
         };
@@ -275,9 +319,10 @@ impl Cache {
         }
     }
 
-    /// The channel's current object, if the dispatcher routes exactly this generation of it.
-    pub fn served_object(&self, key: &str) -> Option<&Value> {
-        let v = self.objects.get(key)?;
+    /// The channel's current object (parsed from what is kept), if the dispatcher routes
+    /// exactly this generation of it.
+    pub fn served_object(&self, key: &str) -> Option<Value> {
+        let v: Value = serde_json::from_str(self.objects.get(key)?.raw.get()).ok()?;
         let generation = v.pointer("/metadata/generation").and_then(Value::as_i64);
         (self.served.get(key) == Some(&generation)).then_some(v)
     }

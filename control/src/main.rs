@@ -116,7 +116,7 @@ pub struct Args {
     pub kube_api_burst: u32,
 
     /// A burst of changes within this window makes one snapshot.
-    #[arg(long, default_value = "20ms", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, default_value = "5ms", value_parser = parse_duration, value_name = "DUR")]
     pub debounce: Duration,
 
     /// Log format: `text` or `json`.

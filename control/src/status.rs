@@ -138,7 +138,7 @@ impl StatusWriter {
             let Some(object) = cache.served_object(&key) else {
                 continue;
             };
-            let Some(patch) = subscribers_patch(object) else {
+            let Some(patch) = subscribers_patch(&object) else {
                 if let Some(r) = self.retries.remove(&key) {
                     if r.logged {
                         tracing::info!(channel = %key, "status up to date again");

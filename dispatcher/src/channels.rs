@@ -18,7 +18,8 @@ use crate::wire::ChannelState;
 /// Where a channel came from, so that a file that stops parsing keeps its previous channels.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub origin: PathBuf,
+    /// Shared by every channel of the file (an allocation per set, not per channel).
+    pub origin: Arc<Path>,
     pub config: Arc<ChannelConfig>,
     /// The routing entry every worker wraps, prepared here, off the cores.
     pub prepared: Arc<Prepared>,
@@ -33,7 +34,7 @@ fn translate(
     previous: Option<&Entry>,
     imc: &Imc,
     key: &str,
-    origin: &Path,
+    origin: &Arc<Path>,
     opts: &BuildOptions,
     report: &mut BuildReport,
 ) -> Option<Entry> {
@@ -64,11 +65,11 @@ fn translate(
             Some(match previous {
                 // Unchanged channels keep their allocations (and so their identity).
                 Some(p) if *p.config == config => Entry {
-                    origin: origin.to_path_buf(),
+                    origin: origin.clone(),
                     ..p.clone()
                 },
                 _ => Entry {
-                    origin: origin.to_path_buf(),
+                    origin: origin.clone(),
                     prepared: Arc::new(Prepared::new(key, &config)),
                     config: Arc::new(config),
                     owns_host: false,
@@ -125,11 +126,15 @@ impl ChannelSet {
         let mut next = BTreeMap::new();
         let mut report = BuildReport::default();
         for file in files {
+            let origin: Arc<Path> = file.path.as_path().into();
             let imcs = match &file.result {
                 Ok(imcs) => imcs,
                 Err(reason) => {
                     report.files_failed += 1;
-                    let kept = prev.channels.iter().filter(|(_, e)| e.origin == file.path);
+                    let kept = prev
+                        .channels
+                        .iter()
+                        .filter(|(_, e)| *e.origin == *file.path);
                     let mut n = 0;
                     for (key, entry) in kept {
                         next.insert(key.clone(), entry.clone());
@@ -150,7 +155,7 @@ impl ChannelSet {
                     prev.channels.get(&key),
                     imc,
                     &key,
-                    &file.path,
+                    &origin,
                     opts,
                     &mut report,
                 ) {
@@ -168,7 +173,7 @@ impl ChannelSet {
     /// `origin` only (the cluster source keeps all its channels under one origin).
     pub fn apply(
         prev: &ChannelSet,
-        origin: &Path,
+        origin: &Arc<Path>,
         changed: &[Imc],
         deleted: &[String],
         opts: &BuildOptions,
@@ -580,8 +585,13 @@ mod tests {
         );
         // apply() on the set gives what build() gives.
         let imcs = crate::source::parse_manifests(&y("e", "he", "s9"), Path::new("f")).unwrap();
-        let (set3, _) =
-            ChannelSet::apply(&set2, Path::new("f"), &imcs, &["default/a".into()], &OPTS);
+        let (set3, _) = ChannelSet::apply(
+            &set2,
+            &Arc::from(Path::new("f")),
+            &imcs,
+            &["default/a".into()],
+            &OPTS,
+        );
         assert_eq!(set3.diff(&set2), ["default/a", "default/e"]);
         assert!(!set3.channels.contains_key("default/a"));
         assert_eq!(

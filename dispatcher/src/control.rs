@@ -174,7 +174,7 @@ impl ControlSource {
         let mut imcs = Vec::with_capacity(snap.upserts.len());
         let mut malformed = 0;
         for object in snap.upserts {
-            match serde_json::from_value::<Imc>(object) {
+            match serde_json::from_str::<Imc>(object.get()) {
                 Ok(imc) => {
                     upserted.push((
                         format!("{}/{}", imc.namespace(), imc.metadata.name),
@@ -193,12 +193,12 @@ impl ControlSource {
             namespace_mode: self.namespace_mode.as_deref(),
             source: Source::Cluster,
         };
-        let origin = PathBuf::from(ORIGIN);
         let (set, report) = if snap.base.is_some() {
+            let origin: Arc<std::path::Path> = std::path::Path::new(ORIGIN).into();
             ChannelSet::apply(&state.set, &origin, &imcs, &snap.deletes, &opts)
         } else {
             let loads = [FileLoad {
-                path: origin,
+                path: PathBuf::from(ORIGIN),
                 result: Ok(imcs),
             }];
             ChannelSet::build(&state.set, &loads, &opts)

@@ -14,28 +14,30 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The largest frame either side accepts: a whole snapshot of 10,000 channels is ~20 MB.
 pub const MAX_FRAME: usize = 512 << 20;
 
-/// control → dispatcher.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+/// control → dispatcher. Externally tagged (`{"snapshot": {...}}`): an internally tagged enum
+/// would buffer the frame, which the objects' raw JSON cannot be read back from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ToDispatcher {
     Snapshot(Snapshot),
 }
 
 /// The channels (InMemoryChannel objects exactly as the API server serves them) and the feature
 /// flags the dispatcher is to serve with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     pub version: u64,
     /// `None`: `upserts` is the whole set. `Some(v)`: changes since version `v`.
     pub base: Option<u64>,
     /// `config-features` as it is now (always whole: it is small).
     pub features: BTreeMap<String, String>,
-    pub upserts: Vec<Value>,
+    /// Each object's JSON, as imc-control keeps it (copied into the frame, never re-encoded).
+    pub upserts: Vec<Box<RawValue>>,
     /// `<namespace>/<name>` of channels gone since `base`.
     #[serde(default)]
     pub deletes: Vec<String>,
@@ -147,7 +149,7 @@ mod tests {
             version: 3,
             base: Some(2),
             features: BTreeMap::from([("transport-encryption".into(), "disabled".into())]),
-            upserts: vec![serde_json::json!({"metadata": {"name": "c"}})],
+            upserts: vec![RawValue::from_string(r#"{"metadata":{"name":"c"}}"#.into()).unwrap()],
             deletes: vec!["ns/gone".into()],
         });
         let ack = ToControl::Ack(Ack {
@@ -170,7 +172,8 @@ mod tests {
                     got.push(m);
                 }
             }
-            assert_eq!(got, vec![snap.clone(), snap.clone()], "step {step}");
+            let frames: Vec<Vec<u8>> = got.iter().map(encode).collect();
+            assert_eq!(frames, vec![encode(&snap), encode(&snap)], "step {step}");
         }
         let mut d = Decoder::default();
         d.feed(&encode(&ack));
