@@ -868,8 +868,8 @@ fn dispatcher_decode(msg: &[u8], sizes: &[usize]) -> Decoded {
 
 /// Whether the dispatcher's verdict agrees with the reference's. A refusal may be reported as
 /// "incomplete" only while the line holding the offending byte has not ended (no CRLF after it):
-/// a decoder that validates whole lines cannot know yet. Data decoded before a refusal or the end
-/// of the input must be a prefix of the reference's.
+/// a decoder that validates whole lines cannot know yet. Data decoded by the end of an incomplete
+/// input must be a prefix of the reference's (the data of a refused body is discarded).
 fn agrees(reference: &rfc9112::Verdict, got: &Decoded, msg: &[u8]) -> bool {
     use rfc9112::Verdict as V;
     let prefix = |have: &[u8], of: &[u8]| of.starts_with(have);
@@ -882,7 +882,8 @@ fn agrees(reference: &rfc9112::Verdict, got: &Decoded, msg: &[u8]) -> bool {
             },
         ) => consumed == c && body == b,
         (V::Incomplete { body }, Decoded::Incomplete { body: b }) => prefix(b, body),
-        (V::Refused { body, .. }, Decoded::Refused { body: b, .. }) => prefix(b, body),
+        // What a refused body decoded is discarded with it.
+        (V::Refused { .. }, Decoded::Refused { .. }) => true,
         (V::Refused { at, body }, Decoded::Incomplete { body: b }) => {
             !msg[*at..].windows(2).any(|w| w == b"\r\n") && prefix(b, body)
         }
