@@ -52,7 +52,12 @@ fn replay(name: &str, dir: &Path) -> usize {
 /// The targets whose regressions still fail on today's dispatcher: the findings reported to the
 /// engineers rewriting http.rs and cloudevent.rs. Each is replayed by its own ignored test below;
 /// when a fix lands, its test loses `#[ignore]` and its name leaves this list.
-const OPEN_FINDINGS: &[&str] = &["chunked_differential"];
+const OPEN_FINDINGS: &[&str] = &[
+    "request_framing",
+    "response",
+    "cloudevent_structured",
+    "chunked_differential",
+];
 
 #[test]
 fn every_target_has_seeds_and_a_fuzz_binary() {
@@ -121,11 +126,42 @@ fn regressions_fixed() {
     }
 }
 
+fn replay_findings(name: &str) {
+    let dir = fuzz_dir().join("regressions").join(name);
+    assert!(replay(name, &dir) > 0, "no regressions for {name}");
+}
+
+/// The outcome depends on how the bytes were read: a chunk line past 1024 bytes is accepted when
+/// it arrives in one read and refused when a read ends inside it; a head with a bad byte past the
+/// head limit is a 400 in one read and a 431 in several. Un-ignored when the rewrite of http.rs
+/// (resumable head parsing, strict chunked framing) lands.
+#[test]
+#[ignore = "open finding: framing outcome depends on read boundaries"]
+fn regressions_request_framing() {
+    replay_findings("request_framing");
+}
+
+/// `parse_response` accepts a complete head longer than its limit (the limit only applies while
+/// the head is partial). Un-ignored when the rewrite of http.rs lands.
+#[test]
+#[ignore = "open finding: response head limit not applied to complete heads"]
+fn regressions_response() {
+    replay_findings("response");
+}
+
+/// A structured event whose `subject` or `source` is whitespace is accepted, but its binary-mode
+/// delivery (HTTP drops the whitespace around header values) no longer validates: a chained
+/// channel would refuse it. Un-ignored when the rewrite of cloudevent.rs lands.
+#[test]
+#[ignore = "open finding: whitespace attributes do not survive binary mode"]
+fn regressions_cloudevent_structured() {
+    replay_findings("cloudevent_structured");
+}
+
 /// Inputs on which today's lenient `ChunkedDecoder` (httparse's chunk-size parser, trailer lines
 /// skipped unchecked) disagrees with RFC 9112. Un-ignored when the strict decoder lands.
 #[test]
 #[ignore = "open finding: ChunkedDecoder is not RFC 9112 strict yet"]
 fn regressions_chunked_differential() {
-    let dir = fuzz_dir().join("regressions").join("chunked_differential");
-    assert!(replay("chunked_differential", &dir) > 0);
+    replay_findings("chunked_differential");
 }
