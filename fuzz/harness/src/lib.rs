@@ -825,7 +825,7 @@ pub const DIFF_MAX_BODY: usize = 1024;
 enum Decoded {
     Complete { consumed: usize, body: Vec<u8> },
     Incomplete { body: Vec<u8> },
-    Refused { why: ChunkRefusal, body: Vec<u8> },
+    Refused { why: ChunkRefusal },
 }
 
 /// The dispatcher's decoder fed the message in the given reads.
@@ -855,12 +855,7 @@ fn dispatcher_decode(msg: &[u8], sizes: &[usize]) -> Decoded {
                     "progress without input"
                 );
             }
-            Err(why) => {
-                return Decoded::Refused {
-                    why,
-                    body: out.to_vec(),
-                }
-            }
+            Err(why) => return Decoded::Refused { why },
         }
     }
     Decoded::Incomplete { body: out.to_vec() }
@@ -940,6 +935,6 @@ fn show_decoded(d: &Decoded) -> String {
             )
         }
         Decoded::Incomplete { body } => format!("incomplete, {} bytes so far", body.len()),
-        Decoded::Refused { why, .. } => format!("refused ({why:?})"),
+        Decoded::Refused { why } => format!("refused ({why:?})"),
     }
 }
