@@ -9,7 +9,8 @@
 //! Inputs that model reads from a socket start with a *split spec*: when the first byte is below
 //! 0x11 it is a count `n`, and the `n` bytes after it are read sizes (`b + 1` bytes each, cycled);
 //! the rest is the message. Any other first byte means no spec: the whole input is the message,
-//! read at once (so that hand-written seeds are plain HTTP text).
+//! read at once (so that hand-written seeds are plain HTTP text). A message that itself starts
+//! with a byte below 0x11 (a chunked body starting with CRLF) is written after a 0x00: no splits.
 
 pub mod api;
 pub mod rfc9112;
