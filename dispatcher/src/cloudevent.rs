@@ -657,12 +657,16 @@ fn is_json_media_type(mt: &[u8]) -> bool {
 
 /// A value that becomes an HTTP header must not carry control characters (a JSON string can
 /// encode a CR or LF; writing it would split the header block).
+/// The value as a header carries it: without control characters, and without the whitespace
+/// around it, which HTTP drops (a field value's OWS). Validating the trimmed value is validating
+/// what subscribers receive: a structured `"source": " "` is an empty source, refused as binary
+/// mode refuses it, not an event the next hop would answer 400.
 fn header_safe(v: &str) -> Result<&[u8], CeError> {
     let b = v.as_bytes();
     if b.iter().any(|&c| (c < 0x20 && c != b'\t') || c == 0x7f) {
         Err(CeError::Invalid("attribute value with control characters"))
     } else {
-        Ok(b)
+        Ok(trim(b))
     }
 }
 
@@ -1217,6 +1221,20 @@ mod tests {
         assert!(head.contains("Ce-Dataschema: http://s/x\r\n"), "{head}");
         let (binary, _) = run(b"POST / HTTP/1.1\r\nHost: h\r\nce-specversion: 0.3\r\nce-id: a\r\nce-source: /s\r\nce-type: t\r\nce-dataschema: http://s/x\r\n\r\n").unwrap();
         assert!(binary.contains("Ce-Dataschema: http://s/x\r\n"), "{binary}");
+    }
+
+    /// HTTP drops the whitespace around a header value: a structured value is validated and
+    /// written as the subscriber will read it.
+    #[test]
+    fn structured_values_are_validated_as_headers_carry_them() {
+        assert_eq!(
+            run(&structured_with(",\"subject\":\"  \"")).unwrap_err(),
+            CeError::Blank("subject")
+        );
+        let raw = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Type: application/cloudevents+json\r\n\r\n{\"specversion\":\"1.0\",\"id\":\" a \",\"source\":\" \",\"type\":\"t\"}";
+        assert_eq!(run(raw).unwrap_err(), CeError::Invalid("source"));
+        let (head, _) = run(&structured_with(",\"x\":\" v \"")).unwrap();
+        assert!(head.contains("Ce-X: v\r\n"), "{head}");
     }
 
     #[test]
