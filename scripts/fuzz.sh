@@ -10,6 +10,8 @@
 # Environment:
 #   FUZZ_KEEP_GOING=1   go on after a finding (libFuzzer's fork mode) to collect several per run.
 #   FUZZ_SANITIZER=...  cargo fuzz's sanitizer: address (default, with leak detection) or none.
+#   FUZZ_RUNS=N         stop each target after N executions (SECONDS_PER_TARGET stays the cap),
+#                       e.g. FUZZ_RUNS=10000000 scripts/fuzz.sh 3600.
 #   CARGO_TARGET_DIR    where builds go (default: target/ of the repository). libFuzzer's grown
 #                       corpus, artifacts and logs go to $CARGO_TARGET_DIR/fuzz/<target>/, never
 #                       into fuzz/corpus/ (which holds only the committed seeds).
@@ -54,8 +56,11 @@ cargo fuzz build --fuzz-dir fuzz --sanitizer "$sanitizer" --debug-assertions
 bindir=$CARGO_TARGET_DIR/$triple/release
 
 extra=()
+if [ -n "${FUZZ_RUNS:-}" ]; then
+  extra+=(-runs="$FUZZ_RUNS")
+fi
 if [ "${FUZZ_KEEP_GOING:-0}" = 1 ]; then
-  extra=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+  extra+=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
 fi
 
 status=0

@@ -5,9 +5,10 @@
 //! - the first snapshot: from imc-control's "InMemoryChannels listed" (the end of its initial
 //!   list) to the dispatcher's "snapshot from imc-control installed" (every worker has it), from
 //!   the two processes' log timestamps;
-//! - one channel changed in the 10,000: from the update accepted by the API server to the first
-//!   event delivered to the new subscriber (events sent every millisecond meanwhile), median and
-//!   worst of `ROUNDS`;
+//! - one channel changed in the 10,000: from the update sent to the API server to the first
+//!   event delivered to the new subscriber (events sent back to back meanwhile), median and worst
+//!   of `ROUNDS`, and the part of it until the dispatcher logged the snapshot installed on every
+//!   worker;
 //! - imc-control's and the dispatcher's resident memory (VmRSS, VmHWM) after all that.
 //!
 //! The on-core part of a change (a worker's table update) is `routing`'s
@@ -87,6 +88,7 @@ fn main() {
     let first = stamp(&installed).unwrap() - stamp(&listed).unwrap();
 
     let mut rounds = Vec::with_capacity(ROUNDS);
+    let mut installs = Vec::with_capacity(ROUNDS);
     for r in 0..ROUNDS {
         let i = 1 + r * (CHANNELS / ROUNDS);
         let target = format!("/scale/ch{i}");
@@ -94,6 +96,8 @@ fn main() {
         let mut changed = channel(i, [&moved.url(), &s2.url()]);
         changed["metadata"]["generation"] = json!(2);
         changed["status"]["observedGeneration"] = json!(2);
+        let mark = dut.log_mark();
+        let wall0 = jiff::Timestamp::now();
         let t0 = Instant::now();
         api.admin().put(&changed);
         let mut conn = dut.connect();
@@ -104,9 +108,16 @@ fn main() {
             (moved.count() > before).then_some(())
         });
         rounds.push(t0.elapsed());
+        if let Some(line) = dut.wait_log(mark, Duration::from_secs(1), |l| {
+            l.contains("snapshot from imc-control installed")
+        }) {
+            let d = stamp(&line).unwrap() - wall0;
+            installs.push(Duration::try_from(d).unwrap_or_default());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     rounds.sort();
+    installs.sort();
     let control = dut.children("imc-control");
     let (c_rss, c_hwm) = control.first().map_or((0, 0), |p| rss(*p));
     let (d_rss, d_hwm) = rss(dut.pid());

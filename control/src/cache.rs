@@ -30,6 +30,15 @@ struct Kept {
     routing: u64,
 }
 
+impl Kept {
+    fn of(v: &Value) -> Option<Kept> {
+        Some(Kept {
+            routing: routing_hash(v),
+            raw: serde_json::value::to_raw_value(v).ok()?,
+        })
+    }
+}
+
 /// A hash of the fields the dispatcher's translation reads: name, namespace, generation and
 /// annotations; the spec; the status's address, conditions and observedGeneration.
 fn routing_hash(v: &Value) -> u64 {
@@ -56,8 +65,9 @@ fn routing_hash(v: &Value) -> u64 {
 pub struct Cache {
     namespace_mode: Option<String>,
     objects: BTreeMap<String, Kept>,
-    /// Objects of a relist in progress (between `Init` and `InitDone`).
-    listing: Option<BTreeMap<String, Value>>,
+    /// Objects of a relist in progress (between `Init` and `InitDone`), kept compact as they
+    /// arrive (a list of 10,000 channels as JSON trees would cost tens of MiB).
+    listing: Option<BTreeMap<String, Kept>>,
     /// The first complete list has arrived: snapshots may be sent.
     synced: bool,
     features: BTreeMap<String, String>,
@@ -120,13 +130,10 @@ impl Cache {
         self.dirty_since.get_or_insert_with(Instant::now);
     }
 
-    /// Keeps `v`; marks it for the next snapshot when what the dispatcher reads of it changed.
-    fn upsert(&mut self, key: String, v: Value) {
-        let routing = routing_hash(&v);
-        let Ok(raw) = serde_json::value::to_raw_value(&v) else {
-            return;
-        };
-        let old = self.objects.insert(key.clone(), Kept { raw, routing });
+    /// Keeps `kept`; marks it for the next snapshot when what the dispatcher reads of it changed.
+    fn upsert(&mut self, key: String, kept: Kept) {
+        let routing = kept.routing;
+        let old = self.objects.insert(key.clone(), kept);
         if old.is_some_and(|o| o.routing == routing) {
             return;
         }
@@ -154,10 +161,12 @@ impl Cache {
             }
             Event::InitApply(o) => {
                 if let Some(v) = value(o) {
-                    if let (Some(key), true) = (key_of(&v), self.in_scope(&v)) {
+                    if let (Some(key), true, Some(kept)) =
+                        (key_of(&v), self.in_scope(&v), Kept::of(&v))
+                    {
                         self.listing
                             .get_or_insert_with(BTreeMap::new)
-                            .insert(key, v);
+                            .insert(key, kept);
                     }
                 }
                 Vec::new()
@@ -191,7 +200,9 @@ impl Cache {
                     return Vec::new();
                 };
                 if self.in_scope(&v) {
-                    self.upsert(key.clone(), v);
+                    if let Some(kept) = Kept::of(&v) {
+                        self.upsert(key.clone(), kept);
+                    }
                     vec![key]
                 } else {
                     self.remove(&key);

@@ -236,6 +236,9 @@ async fn run(args: Args) -> ExitCode {
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    // Watch events wait here for the main loop, a bounded number of them: a list of 10,000
+    // channels must not sit in a queue as 10,000 decoded objects.
+    let (watch_tx, mut watch_rx) = mpsc::channel::<Msg>(32);
 
     // The dispatcher's answers.
     {
@@ -264,7 +267,6 @@ async fn run(args: Args) -> ExitCode {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
             None => Api::all_with(client.clone(), &ar),
         };
-        let tx = tx.clone();
         tokio::spawn(async move {
             let mut stream = watcher::watcher(api, watcher::Config::default())
                 .default_backoff()
@@ -274,7 +276,7 @@ async fn run(args: Args) -> ExitCode {
                     Ok(ev) => Msg::Channel(Box::new(ev)),
                     Err(e) => Msg::ChannelsFailing(e.to_string()),
                 };
-                if tx.send(msg).is_err() {
+                if watch_tx.send(msg).await.is_err() {
                     return;
                 }
             }
@@ -346,7 +348,12 @@ async fn run(args: Args) -> ExitCode {
     loop {
         let wake = cache.next_send(args.debounce);
         tokio::select! {
-            msg = rx.recv() => {
+            msg = async {
+                tokio::select! {
+                    m = rx.recv() => m,
+                    m = watch_rx.recv() => m,
+                }
+            } => {
                 let Some(msg) = msg else { return ExitCode::from(1) };
                 match msg {
                     Msg::Channel(ev) => {
