@@ -76,7 +76,7 @@ impl Election {
                 let data = cm.data.unwrap_or_default();
                 let read = |key: &str, into: &mut Duration| {
                     if let Some(v) = data.get(key) {
-                        match crate::parse_duration(v) {
+                        match imc_model::policy::parse_duration(v) {
                             Ok(d) => *into = d,
                             Err(e) => {
                                 tracing::warn!(configmap = %args.leader_election_config, key, error = %e, "ignored")

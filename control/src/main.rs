@@ -138,14 +138,7 @@ pub struct Args {
     pub log_level: String,
 }
 
-/// `10s`, `500ms`, `1m30s`, or ISO 8601 (`PT10S`).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let sd: jiff::SignedDuration = t
-        .parse()
-        .map_err(|e| format!("`{s}` is not a duration (like 10s, 500ms, PT10S): {e}"))?;
-    Duration::try_from(sd).map_err(|_| format!("`{s}` is negative"))
-}
+use imc_model::policy::parse_duration;
 
 /// Everything the main loop reacts to.
 pub enum Msg {

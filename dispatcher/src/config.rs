@@ -175,17 +175,9 @@ pub struct Args {
     pub log_level: String,
 }
 
-/// Parses `10s`, `500ms`, `1m30s`, a bare number of seconds, or ISO 8601 (`PT10S`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let sd: jiff::SignedDuration = t
-        .parse()
-        .map_err(|e| format!("`{s}` is not a duration (like 10s, 500ms, PT10S): {e}"))?;
-    Duration::try_from(sd).map_err(|_| format!("`{s}` is negative"))
-}
+/// Parses `10s`, `500ms`, `1m30s`, a bare number of seconds, or ISO 8601 (`PT10S`); shared with
+/// imc-control (it lives in the model crate).
+pub use imc_model::policy::parse_duration;
 
 /// Upstream requires `MAX_IDLE_CONNS_PER_HOST` > 0 and panics otherwise; imc-rs never fails start-up
 /// on upstream's variables: a value that is not a positive number falls back to the default.

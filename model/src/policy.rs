@@ -43,6 +43,19 @@ pub fn parse_iso_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from(sd).map_err(|_| format!("`{s}` is negative"))
 }
 
+/// A duration as both processes' flags and ConfigMaps write them: `10s`, `500ms`, `1m30s`, a
+/// bare number of seconds, or ISO 8601 (`PT10S`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let sd: jiff::SignedDuration = t
+        .parse()
+        .map_err(|e| format!("`{s}` is not a duration (like 10s, 500ms, PT10S): {e}"))?;
+    Duration::try_from(sd).map_err(|_| format!("`{s}` is negative"))
+}
+
 impl DeliveryPolicy {
     /// `Ok(None)`: no `delivery` block, exactly one attempt and no timeout (upstream).
     pub fn from_spec(spec: Option<&DeliverySpec>) -> Result<Option<Self>, String> {
