@@ -252,9 +252,27 @@ fn check_head(h: &Head, buf: &[u8]) {
 /// front of the buffer, never past it; bodies stay within the limit.
 pub fn request_framing(data: &[u8]) {
     let (sizes, msg) = split_spec(data);
-    let split = frame_requests(msg, &sizes);
+    let mut split = frame_requests(msg, &sizes);
     if !sizes.is_empty() {
-        let whole = frame_requests(msg, &[]);
+        let mut whole = frame_requests(msg, &[]);
+        // A head that never ends (the input stops inside it) may be refused when the bytes that
+        // break it arrive, or only found incomplete when the input ends: the parser looks at an
+        // incomplete head again at geometrically spaced lengths (linear in all, however the
+        // bytes are split), so whether the last look came after the bad byte depends on the
+        // reads. Either way the request never completes and the connection ends; the ingress
+        // only may or may not have written a 400 to a client that had stopped sending.
+        if let (Some(a), Some(b)) = (whole.last(), split.last()) {
+            let refused_or_cut = |f: &Framed| {
+                matches!(
+                    f,
+                    Framed::Truncated | Framed::HeadRefused(HeadRefusal::Malformed)
+                )
+            };
+            if a != b && refused_or_cut(a) && refused_or_cut(b) {
+                whole.pop();
+                split.pop();
+            }
+        }
         assert_eq!(whole, split, "the reads changed the outcome");
     }
 }
