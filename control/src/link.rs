@@ -22,6 +22,12 @@ pub fn connect(fd: i32) -> std::io::Result<(LinkTx, LinkRx)> {
             "not an inherited socket (descriptor below 3)",
         ));
     }
+    // The descriptor must be open before this process takes ownership of it (closing one that
+    // is not is an I/O-safety violation).
+    // SAFETY: F_GETFD only reads the descriptor's flags; no memory is involved.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: the dispatcher passed this descriptor (IMC_CONTROL_FD) as our end of a socket pair
     // and nothing else in this process uses or closes it; ownership moves into the stream.
     let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
