@@ -77,7 +77,7 @@ enum HeadEnd {
     At(usize),
     Incomplete,
     /// A line feed not preceded by a carriage return, at this offset (strict mode only).
-    BareLf,
+    BareLf(usize),
 }
 
 impl HeadScan {
@@ -111,7 +111,7 @@ impl HeadScan {
         while let Some(i) = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i) {
             let cr = i > 0 && buf[i - 1] == b'\r';
             if strict && !cr {
-                return HeadEnd::BareLf;
+                return HeadEnd::BareLf(i);
             }
             // The blank line: this LF is preceded by another LF, directly or through a CR.
             let line_start = if cr { i - 1 } else { i };
@@ -320,15 +320,26 @@ fn parse_request_scanned(
         [const { MaybeUninit::uninit() }; HEADER_SLOTS];
     let slots = &mut slots[..max_headers.clamp(1, HEADER_SLOTS)];
     let mut req = httparse::Request::new(&mut []);
+    let skip = out.scan.skip;
+    let over_limit = || request_over_limit(buf, skip, max_head, max_headers);
     let end = match out.scan.find_end(buf, true) {
-        HeadEnd::At(end) if end > max_head => return Err(HeadError::TooLarge),
+        HeadEnd::At(end) if end > max_head => return Err(over_limit()),
         HeadEnd::At(end) => end,
-        HeadEnd::BareLf => return Err(HeadError::Malformed("bare LF in the request head")),
-        HeadEnd::Incomplete if buf.len() > max_head => return Err(HeadError::TooLarge),
+        HeadEnd::BareLf(at) if at >= max_head => return Err(over_limit()),
+        HeadEnd::BareLf(at) => {
+            // The first problem by position decides (as if the head had been parsed in order):
+            // too many headers before the bare LF is a 431 whatever the reads.
+            return Err(match req.parse_with_uninit_headers(&buf[skip..at], slots) {
+                Err(httparse::Error::TooManyHeaders) => HeadError::TooLarge,
+                Err(httparse::Error::Version) => HeadError::Malformed("not HTTP/1.x"),
+                Err(_) => HeadError::Malformed("malformed request head"),
+                Ok(_) => HeadError::Malformed("bare LF in the request head"),
+            });
+        }
+        HeadEnd::Incomplete if buf.len() > max_head => return Err(over_limit()),
         HeadEnd::Incomplete => {
             if out.scan.worth_parsing(buf.len()) {
                 // Refuse garbage now rather than at the head limit or the header timeout.
-                let skip = out.scan.skip;
                 match req.parse_with_uninit_headers(&buf[skip..], slots) {
                     Ok(_) => {}
                     Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
@@ -341,7 +352,6 @@ fn parse_request_scanned(
             return Ok(false);
         }
     };
-    let skip = out.scan.skip;
     let status = match req.parse_with_uninit_headers(&buf[skip..end], slots) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
@@ -458,6 +468,23 @@ fn parse_request_scanned(
         !conn_close
     };
     Ok(true)
+}
+
+/// A request head past the limit: what its first `max_head` bytes say decides, a syntax error
+/// there being a 400 and otherwise the head too large (431). The answer is then the same however
+/// the bytes were split across reads (an earlier look may have refused the same error sooner).
+/// Runs once, as the connection is refused.
+fn request_over_limit(buf: &[u8], skip: usize, max_head: usize, max_headers: usize) -> HeadError {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; HEADER_SLOTS] =
+        [const { MaybeUninit::uninit() }; HEADER_SLOTS];
+    let slots = &mut slots[..max_headers.clamp(1, HEADER_SLOTS)];
+    let mut req = httparse::Request::new(&mut []);
+    let prefix = &buf[skip.min(max_head)..buf.len().min(max_head)];
+    match req.parse_with_uninit_headers(prefix, slots) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => HeadError::TooLarge,
+        Err(httparse::Error::Version) => HeadError::Malformed("not HTTP/1.x"),
+        Err(_) => HeadError::Malformed("malformed request head"),
+    }
 }
 
 /// The authority of an absolute-form target (`http://host:port/path`): `None` for any other form,
@@ -845,25 +872,24 @@ fn parse_response_scanned(
         [const { MaybeUninit::uninit() }; 100];
     let mut resp = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
+    let skip = scan.skip;
+    let over_limit = || response_over_limit(buf, skip, max_head);
     let end = match scan.find_end(buf, false) {
-        HeadEnd::At(end) if end > max_head => return Err("response head too large"),
+        HeadEnd::At(end) if end > max_head => return Err(over_limit()),
         HeadEnd::At(end) => end,
-        HeadEnd::BareLf => unreachable!("lenient scan"),
-        HeadEnd::Incomplete if buf.len() > max_head => return Err("response head too large"),
+        HeadEnd::BareLf(_) => unreachable!("lenient scan"),
+        HeadEnd::Incomplete if buf.len() > max_head => return Err(over_limit()),
         HeadEnd::Incomplete => {
             if scan.worth_parsing(buf.len()) {
-                if let Err(e) = config.parse_response_with_uninit_headers(
-                    &mut resp,
-                    &buf[scan.skip..],
-                    &mut slots,
-                ) {
+                if let Err(e) =
+                    config.parse_response_with_uninit_headers(&mut resp, &buf[skip..], &mut slots)
+                {
                     return Err(response_error(e));
                 }
             }
             return Ok(None);
         }
     };
-    let skip = scan.skip;
     let len =
         match config.parse_response_with_uninit_headers(&mut resp, &buf[skip..end], &mut slots) {
             Ok(httparse::Status::Complete(n)) if skip + n == end => end,
@@ -924,6 +950,21 @@ fn parse_response_scanned(
         head.keep_alive = false; // body runs to the end of the connection
     }
     Ok(Some(head))
+}
+
+/// As for requests ([`request_over_limit`]): past the limit, the first `max_head` bytes decide
+/// between malformed and too large, so that the reads' boundaries do not.
+fn response_over_limit(buf: &[u8], skip: usize, max_head: usize) -> &'static str {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; 100] =
+        [const { MaybeUninit::uninit() }; 100];
+    let mut resp = httparse::Response::new(&mut []);
+    let prefix = &buf[skip.min(max_head)..buf.len().min(max_head)];
+    match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, prefix, &mut slots)
+    {
+        Ok(_) => "response head too large",
+        Err(e) => response_error(e),
+    }
 }
 
 fn response_error(e: httparse::Error) -> &'static str {

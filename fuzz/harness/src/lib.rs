@@ -359,13 +359,20 @@ pub fn response(data: &[u8]) {
             assert!(!h.keep_alive, "a close-delimited body kept alive");
         }
     }
-    let split = read_responses(msg, &sizes);
+    let mut split = read_responses(msg, &sizes);
     if !sizes.is_empty() {
-        assert_eq!(
-            read_responses(msg, &[]),
-            split,
-            "the reads changed the outcome"
-        );
+        let mut whole = read_responses(msg, &[]);
+        // As for requests: a head that never ends may be refused when its bad bytes arrive or
+        // found cut off when the input ends, depending on where the last look fell.
+        if let (Some(a), Some(b)) = (whole.last(), split.last()) {
+            let refused_or_cut =
+                |r: &ReadResponse| matches!(r, ReadResponse::Truncated | ReadResponse::Refused(_));
+            if a != b && refused_or_cut(a) && refused_or_cut(b) {
+                whole.pop();
+                split.pop();
+            }
+        }
+        assert_eq!(whole, split, "the reads changed the outcome");
     }
 }
 
@@ -569,7 +576,8 @@ pub fn cloudevent_structured(data: &[u8]) {
         .get("id")
         .and_then(|i| i.as_str())
         .expect("validated without a string id");
-    let want = format!("Ce-Id: {id}\r\n");
+    // As a header carries it: HTTP drops the whitespace around a value.
+    let want = format!("Ce-Id: {}\r\n", id.trim_matches([' ', '\t']));
     assert!(
         String::from_utf8_lossy(&head1).contains(&want),
         "the delivered head lacks {want:?}"
