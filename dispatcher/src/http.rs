@@ -89,13 +89,16 @@ impl HeadScan {
     /// lenient mode also LF LF / LF CRLF (what httparse accepts in responses).
     fn find_end(&mut self, buf: &[u8], strict: bool) -> HeadEnd {
         if self.searched == 0 {
-            // Empty lines before a start line are ignored (RFC 9112 §2.2): skip them once.
-            while buf[self.skip..].starts_with(b"\r\n") {
-                self.skip += 2;
-            }
-            if !strict {
-                while buf[self.skip..].starts_with(b"\n") {
+            // Empty lines before a start line are ignored (RFC 9112 §2.2): skip them once, CRLF
+            // or (lenient) LF in any order.
+            loop {
+                let rest = &buf[self.skip..];
+                if rest.starts_with(b"\r\n") {
+                    self.skip += 2;
+                } else if !strict && rest.starts_with(b"\n") {
                     self.skip += 1;
+                } else {
+                    break;
                 }
             }
             if buf.len() - self.skip < 2 {

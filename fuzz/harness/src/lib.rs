@@ -260,12 +260,14 @@ pub fn request_framing(data: &[u8]) {
         // incomplete head again at geometrically spaced lengths (linear in all, however the
         // bytes are split), so whether the last look came after the bad byte depends on the
         // reads. Either way the request never completes and the connection ends; the ingress
-        // only may or may not have written a 400 to a client that had stopped sending.
+        // only may or may not have written a 400 (or a 431, for too many headers) to a client
+        // that had stopped sending.
         if let (Some(a), Some(b)) = (whole.last(), split.last()) {
             let refused_or_cut = |f: &Framed| {
                 matches!(
                     f,
-                    Framed::Truncated | Framed::HeadRefused(HeadRefusal::Malformed)
+                    Framed::Truncated
+                        | Framed::HeadRefused(HeadRefusal::Malformed | HeadRefusal::TooLarge)
                 )
             };
             if a != b && refused_or_cut(a) && refused_or_cut(b) {
