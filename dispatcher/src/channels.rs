@@ -146,7 +146,7 @@ impl ChannelSet {
                 }
             };
             for imc in imcs {
-                let key = format!("{}/{}", imc.namespace(), imc.metadata.name);
+                let key = imc.key();
                 if next.contains_key(&key) {
                     tracing::warn!(file = %file.path.display(), channel = %key, "channel defined twice; the first definition is used");
                     continue;
@@ -184,7 +184,7 @@ impl ChannelSet {
             next.remove(key);
         }
         for imc in changed {
-            let key = format!("{}/{}", imc.namespace(), imc.metadata.name);
+            let key = imc.key();
             match translate(
                 prev.channels.get(&key),
                 imc,

@@ -176,10 +176,7 @@ impl ControlSource {
         for object in snap.upserts {
             match serde_json::from_str::<Imc>(object.get()) {
                 Ok(imc) => {
-                    upserted.push((
-                        format!("{}/{}", imc.namespace(), imc.metadata.name),
-                        imc.metadata.generation,
-                    ));
+                    upserted.push((imc.key(), imc.metadata.generation));
                     imcs.push(imc);
                 }
                 Err(e) => {

@@ -116,6 +116,11 @@ impl Imc {
         self.metadata.namespace.as_deref().unwrap_or("default")
     }
 
+    /// `<namespace>/<name>`: the channel's path key, and its identity in a channel set.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace(), self.metadata.name)
+    }
+
     /// The routing gate (contract §4.1): Ready=True and observedGeneration == generation.
     /// `source` says how to read what is missing: in a manifest file a channel with no status (or
     /// no Ready condition, or no generations) is Ready; from the API server it is not, since no

@@ -284,7 +284,7 @@ pub struct ImcFacts {
 
 pub fn imc_facts(i: &Imc) -> ImcFacts {
     ImcFacts {
-        key: format!("{}/{}", i.namespace(), i.metadata.name),
+        key: i.key(),
         ready: i.is_ready(imc::Source::File),
         cluster_scoped: i.in_scope(None),
         in_namespace_default: i.in_scope(Some("default")),
