@@ -542,7 +542,7 @@ impl Connection {
 
     /// Reads the request body, keeping it (`keep`) or dropping it as it arrives. Content-Length
     /// bodies are kept zero-copy, chunked ones reassembled; both are bounded by the body limit
-    /// (D3), must arrive within `--body-read-timeout` of the head, must make progress within the
+    /// (D3), must arrive within `--body-read-timeout` of its first read, must make progress within the
     /// header timeout between reads (D5), and a kept body is charged to the worker's body budget
     /// as it arrives (the charge is returned: it lives as long as the event is delivered).
     /// `Err(Some(answer))`: answer that and close; `Err(None)`: just close.
@@ -551,7 +551,9 @@ impl Connection {
         keep: bool,
     ) -> Result<(Bytes, Option<BodyCharge>), Option<&'static [u8]>> {
         let limits = self.worker.limits;
-        let until = Instant::now() + limits.body_timeout;
+        // The body's deadline, taken at its first read: a body that came with its head (nearly
+        // all) costs no clock read.
+        let mut until: Option<Instant> = None;
         // A client that stalls while its body is dropped gets no 408, only a close.
         let stop = |s: ReadStop| match s {
             ReadStop::TimedOut if keep => Some(answer::TIMEOUT),
@@ -579,7 +581,7 @@ impl Connection {
                         return Ok((self.buf.split_to(n).freeze(), charge));
                     }
                     let want = n - self.buf.len();
-                    let wait = self.wait(until, limits.header_timeout);
+                    let wait = body_wait(&mut until, limits.body_timeout, limits.header_timeout);
                     self.read_more(want, wait).await.map_err(stop)?;
                 }
             }
@@ -591,7 +593,7 @@ impl Connection {
                 if left == 0 {
                     return Ok((Bytes::new(), None));
                 }
-                let wait = self.wait(until, limits.header_timeout);
+                let wait = body_wait(&mut until, limits.body_timeout, limits.header_timeout);
                 self.read_more(READ_CHUNK, wait).await.map_err(stop)?;
             }
         }
@@ -619,17 +621,9 @@ impl Connection {
                     return Err(Some(answer::MALFORMED));
                 }
             }
-            let wait = self.wait(until, limits.header_timeout);
+            let wait = body_wait(&mut until, limits.body_timeout, limits.header_timeout);
             self.read_more(READ_CHUNK, wait).await.map_err(stop)?;
         }
-    }
-
-    /// How long the next read of a body may wait: until the body's deadline, and no longer than
-    /// `progress` without a byte.
-    fn wait(&self, until: Instant, progress: Duration) -> Duration {
-        until
-            .saturating_duration_since(Instant::now())
-            .min(progress)
     }
 
     /// `K-Network-Probe`: 200 echoing `K-Network-Hash` (contract §1.4).
@@ -649,6 +643,14 @@ impl Connection {
         self.out = out;
         res.is_ok() && keep_alive
     }
+}
+
+/// How long the next read of a body may wait: until the body's deadline (`total` from its first
+/// read), and no longer than `progress` without a byte.
+fn body_wait(until: &mut Option<Instant>, total: Duration, progress: Duration) -> Duration {
+    let now = Instant::now();
+    let end = *until.get_or_insert(now + total);
+    end.saturating_duration_since(now).min(progress)
 }
 
 impl Worker {
