@@ -134,6 +134,33 @@ pub struct Args {
     #[arg(long, env = "MAX_IDLE_CONNS_PER_HOST", default_value = "1000", value_parser = lenient_count, value_name = "N")]
     pub max_idle_conns_per_host: usize,
 
+    /// Idle connections kept per destination (upstream's variable: upstream has one HTTP client
+    /// per destination URL and this bounds each client's idle connections). A destination here
+    /// is a pool's authority, so the bound that applies is the smaller of this and
+    /// `MAX_IDLE_CONNS_PER_HOST`.
+    #[arg(long, env = "MAX_IDLE_CONNS", default_value = "1000", value_parser = lenient_count, value_name = "N")]
+    pub max_idle_conns: usize,
+
+    /// The namespace this dispatcher runs in (upstream's variable, from the pod's
+    /// `metadata.namespace`): config-features, the Lease and the TLS Secret live there. Passed
+    /// on to imc-control; logged at start.
+    #[arg(
+        long,
+        env = "SYSTEM_NAMESPACE",
+        default_value = "knative-eventing",
+        value_name = "NS"
+    )]
+    pub system_namespace: String,
+
+    /// This pod's name (upstream's variable, from `metadata.name`); logged at start, and the
+    /// first part of imc-control's Lease identity.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// This container's name (upstream's variable; upstream reads and does not use it either).
+    #[arg(long, env = "CONTAINER_NAME", value_name = "NAME")]
+    pub container_name: Option<String>,
+
     /// Subscriber deliveries in flight per worker, sync and async; past it the ingress answers
     /// 503 with `Retry-After: 1` (D11).
     #[arg(
@@ -190,6 +217,11 @@ fn lenient_count(s: &str) -> Result<usize, String> {
 }
 
 impl Args {
+    /// Idle connections kept per authority and worker: the tighter of upstream's two bounds.
+    pub fn idle_per_destination(&self) -> usize {
+        self.max_idle_conns_per_host.min(self.max_idle_conns)
+    }
+
     pub fn worker_count(&self) -> usize {
         self.workers
             .filter(|n| *n > 0)

@@ -77,13 +77,21 @@ fn main() -> ExitCode {
         }
     };
     let workers = args.worker_count();
-    let driver = match Driver::choose(args.io_driver) {
+    let (driver, refusal) = match Driver::choose(args.io_driver) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(why) = &refusal {
+        // The one line of this fallback; `imc_io_driver_info{fallback=...}` says it too.
+        tracing::warn!(
+            reason = why.code,
+            "io_uring is not available: {}; using epoll",
+            why.detail
+        );
+    }
     let (listeners, addr) = match worker::bind_listeners(args.listen, workers) {
         Ok(l) => l,
         Err(e) => {
@@ -91,7 +99,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tracing::info!(%addr, workers, driver = driver.name(), version = env!("CARGO_PKG_VERSION"), "ingress listening");
+    tracing::info!(
+        %addr,
+        workers,
+        driver = driver.name(),
+        version = env!("CARGO_PKG_VERSION"),
+        pod = args.pod_name.as_deref().unwrap_or("-"),
+        container = args.container_name.as_deref().unwrap_or("-"),
+        system_namespace = %args.system_namespace,
+        "ingress listening"
+    );
 
     let hub = Arc::new(Hub::new(workers));
     if let Err(e) = spawn_signal_thread(hub.clone()) {
@@ -129,6 +146,13 @@ fn main() -> ExitCode {
             if args.disable_ha {
                 control_args.push("--disable-ha".to_owned());
             }
+            // The child inherits the environment too; the flags carry what was given as flags.
+            control_args.push("--system-namespace".to_owned());
+            control_args.push(args.system_namespace.clone());
+            if let Some(pod) = &args.pod_name {
+                control_args.push("--pod-name".to_owned());
+                control_args.push(pod.clone());
+            }
             let source = ControlSource {
                 program,
                 args: control_args,
@@ -156,6 +180,7 @@ fn main() -> ExitCode {
             let (regs, hub) = (registries.clone(), hub.clone());
             let info = imc_dispatcher::metrics::ProcessInfo {
                 driver: driver.name(),
+                fallback: refusal.as_ref().map(|r| r.code),
             };
             let spawned = std::thread::Builder::new()
                 .name("imc-metrics".into())
@@ -182,7 +207,7 @@ fn main() -> ExitCode {
             listener,
             hub: hub.clone(),
             limits,
-            max_idle_per_host: args.max_idle_conns_per_host,
+            max_idle_per_host: args.idle_per_destination(),
             max_inflight: args.max_inflight_deliveries,
             max_conns: args.max_connections,
             max_buffered_body: args.max_buffered_body_bytes,

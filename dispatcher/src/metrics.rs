@@ -280,6 +280,8 @@ pub fn labels(pairs: &[(&str, &str)]) -> String {
 /// Process-wide facts the scraper adds to the per-worker series.
 pub struct ProcessInfo {
     pub driver: &'static str,
+    /// Why `auto` fell back from io_uring to epoll (a short code), if it did.
+    pub fallback: Option<&'static str>,
 }
 
 /// Renders every family in the Prometheus text format 0.0.4, merging the workers' cells.
@@ -424,8 +426,9 @@ pub fn render(workers: &[Arc<WorkerRegistry>], hub: &Hub, info: &ProcessInfo) ->
     );
     let _ = writeln!(
         out,
-        "# HELP imc_io_driver_info The I/O driver the workers run\n# TYPE imc_io_driver_info gauge\nimc_io_driver_info{{driver=\"{}\"}} 1",
-        info.driver
+        "# HELP imc_io_driver_info The I/O driver the workers run, and why io_uring was refused when `auto` fell back to epoll\n# TYPE imc_io_driver_info gauge\nimc_io_driver_info{{driver=\"{}\",fallback=\"{}\"}} 1",
+        info.driver,
+        info.fallback.unwrap_or("")
     );
     let features = hub.features();
     if !features.is_empty() {
@@ -722,7 +725,14 @@ mod tests {
         c.inc();
         c.inc();
         let hub = Hub::new(1);
-        let text = render(&[reg], &hub, &ProcessInfo { driver: "epoll" });
+        let text = render(
+            &[reg],
+            &hub,
+            &ProcessInfo {
+                driver: "epoll",
+                fallback: Some("EPERM"),
+            },
+        );
         assert!(
             text.contains("kn_eventing_dispatch_duration_seconds_bucket{a=\"b\",le=\"0.005\"} 1\n"),
             "{text}"
@@ -739,7 +749,7 @@ mod tests {
         assert!(text.contains("kn_eventing_dispatch_duration_seconds_count{a=\"b\"} 3\n"));
         assert!(text.contains("kn_eventing_dispatch_duration_seconds_sum{a=\"b\"} 20.033\n"));
         assert!(text.contains("imc_events_received_total{code=\"202\"} 2\n"));
-        assert!(text.contains("imc_io_driver_info{driver=\"epoll\"} 1"));
+        assert!(text.contains("imc_io_driver_info{driver=\"epoll\",fallback=\"EPERM\"} 1"));
     }
 
     #[test]

@@ -37,20 +37,23 @@ pub enum Driver {
 }
 
 impl Driver {
-    /// Resolves `--io-driver`: `auto` probes io_uring (the kernel or a seccomp profile may refuse
-    /// it) and falls back to epoll.
-    pub fn choose(wanted: IoDriver) -> Result<Driver, String> {
+    /// Resolves `--io-driver`. `auto` probes io_uring and falls back to epoll when it is refused;
+    /// the second value is why (for the log line the caller writes and the metric), `None` when
+    /// nothing fell back. `io-uring` forced and refused is an error that says why.
+    pub fn choose(wanted: IoDriver) -> Result<(Driver, Option<UringRefusal>), String> {
         match wanted {
-            IoDriver::Epoll => Ok(Driver::Epoll),
-            IoDriver::IoUring if monoio::utils::detect_uring() => Ok(Driver::IoUring),
-            IoDriver::IoUring => {
-                Err("io_uring was requested but the kernel or seccomp refuses it".into())
-            }
-            IoDriver::Auto if monoio::utils::detect_uring() => Ok(Driver::IoUring),
-            IoDriver::Auto => {
-                tracing::warn!("io_uring is not available here (kernel or seccomp); using epoll");
-                Ok(Driver::Epoll)
-            }
+            IoDriver::Epoll => Ok((Driver::Epoll, None)),
+            IoDriver::IoUring => match probe_uring() {
+                Ok(()) => Ok((Driver::IoUring, None)),
+                Err(why) => Err(format!(
+                    "--io-driver io-uring: {}; use --io-driver auto or epoll",
+                    why.detail
+                )),
+            },
+            IoDriver::Auto => match probe_uring() {
+                Ok(()) => Ok((Driver::IoUring, None)),
+                Err(why) => Ok((Driver::Epoll, Some(why))),
+            },
         }
     }
 
@@ -60,6 +63,150 @@ impl Driver {
             Driver::Epoll => "epoll",
         }
     }
+}
+
+/// Why io_uring cannot serve here.
+#[derive(Debug, Clone)]
+pub struct UringRefusal {
+    /// A short, bounded code for the metric label: `EPERM`, `ENOSYS`, `EINVAL`, `errno-N`,
+    /// `first-op-failed` or `timeout`.
+    pub code: &'static str,
+    /// What a person reads in the log.
+    pub detail: String,
+}
+
+/// How long the probe's first operations may take before io_uring counts as refused (a
+/// sandbox that accepts the ring but never completes on it must not hang start-up).
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// Sets up a ring exactly as a worker will (same flags, same size), then runs a first operation
+/// on it: a NOP and a read from a pipe, waited for with `io_uring_enter`. A seccomp profile that
+/// refuses `io_uring_setup` (Docker since 25, containerd's default) shows as EPERM, a kernel
+/// without io_uring (or `kernel.io_uring_disabled`) as ENOSYS/EPERM; a sandbox that lets the
+/// ring be created but refuses `io_uring_enter` or fails the operations shows here too, instead
+/// of in every worker's first accept. Runs on its own thread so a ring that never completes
+/// costs start-up [`PROBE_WAIT`], not a hang.
+pub fn probe_uring() -> Result<(), UringRefusal> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("imc-uring-probe".into())
+        .spawn(move || {
+            let _ = tx.send(probe_uring_here());
+        });
+    if let Err(e) = spawned {
+        return Err(UringRefusal {
+            code: "first-op-failed",
+            detail: format!("cannot start the io_uring probe thread: {e}"),
+        });
+    }
+    match rx.recv_timeout(PROBE_WAIT) {
+        Ok(r) => r,
+        // The thread stays blocked in the kernel; it holds a ring and a pipe, nothing else.
+        Err(_) => Err(UringRefusal {
+            code: "timeout",
+            detail: format!(
+                "io_uring set up but its first operation did not complete within {PROBE_WAIT:?}"
+            ),
+        }),
+    }
+}
+
+fn errno_code(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::ENOSYS) => "ENOSYS",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::ENOMEM) => "ENOMEM",
+        _ => "errno-other",
+    }
+}
+
+fn probe_uring_here() -> Result<(), UringRefusal> {
+    use io_uring::{opcode, types};
+    let mut builder =
+        io_uring::IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry>::builder();
+    builder.setup_coop_taskrun().setup_single_issuer();
+    let mut ring = builder.build(1024).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EPERM) => "refused with EPERM (a seccomp profile such as the container runtime's default, or kernel.io_uring_disabled)",
+            Some(libc::ENOSYS) => "refused with ENOSYS (the kernel has no io_uring, or a seccomp profile hides it)",
+            Some(libc::EINVAL) => "refused with EINVAL (the kernel lacks COOP_TASKRUN or SINGLE_ISSUER: Linux 6.0 or later is needed)",
+            _ => "refused",
+        };
+        UringRefusal {
+            code: errno_code(&e),
+            detail: format!("io_uring_setup {why}: {e}"),
+        }
+    })?;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given, which has room for two.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(UringRefusal {
+            code: "first-op-failed",
+            detail: format!("pipe2 for the io_uring probe: {e}"),
+        });
+    }
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nothing else.
+    let (rd, wr) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let mut file = std::fs::File::from(wr);
+    let _ = io::Write::write_all(&mut file, b"x");
+    // Leaked on purpose (one byte, once per process): on an early return the kernel may still
+    // hold the read, and a buffer that lives for ever cannot be written after it is freed.
+    let byte: &'static mut [u8; 1] = Box::leak(Box::new([0u8; 1]));
+    use std::os::fd::AsRawFd;
+    let nop = opcode::Nop::new().build().user_data(1);
+    let read = opcode::Read::new(types::Fd(rd.as_raw_fd()), byte.as_mut_ptr(), 1)
+        .build()
+        .user_data(2);
+    // SAFETY: the read's buffer is 'static (above) and the kernel takes its own reference to
+    // the pipe's file at submission, so neither can go away under the operation.
+    unsafe {
+        let mut sq = ring.submission();
+        if sq.push(&nop).is_err() || sq.push(&read).is_err() {
+            return Err(UringRefusal {
+                code: "first-op-failed",
+                detail: "io_uring submission queue refused two entries".into(),
+            });
+        }
+    }
+    let mut done = 0;
+    while done < 2 {
+        if let Err(e) = ring.submit_and_wait(2 - done) {
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(UringRefusal {
+                code: errno_code(&e),
+                detail: format!("io_uring_enter refused on the first operation: {e}"),
+            });
+        }
+        for cqe in ring.completion() {
+            done += 1;
+            if cqe.result() < 0 {
+                let e = io::Error::from_raw_os_error(-cqe.result());
+                let op = if cqe.user_data() == 1 { "NOP" } else { "READ" };
+                return Err(UringRefusal {
+                    code: "first-op-failed",
+                    detail: format!("io_uring's first operation ({op}) failed: {e}"),
+                });
+            }
+        }
+    }
+    if byte[0] != b'x' {
+        return Err(UringRefusal {
+            code: "first-op-failed",
+            detail: "io_uring's first READ completed without the data".into(),
+        });
+    }
+    Ok(())
 }
 
 /// At most one log line a second; counts what it held back.
