@@ -1978,6 +1978,7 @@ class Server:
         self.graceful_epoch = set()
         self.listener = None
         self.port = args.port
+        self.bind = args.bind
         self.phases = []  # [(until, phase, options)]
         self.faults = []
         self.next_fault = 1
@@ -1994,7 +1995,7 @@ class Server:
     def listen(self):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock.bind((self.bind, self.port))
         sock.listen(128)
         self.port = sock.getsockname()[1]
         with self.lock:
@@ -2129,7 +2130,7 @@ class Server:
             for _ in range(50):
                 try:
                     self.listen()
-                    log("restart: listening again on 127.0.0.1:%d" % self.port)
+                    log("restart: listening again on %s:%d" % (self.bind, self.port))
                     return
                 except OSError as e:
                     log("restart: bind failed (%s), retrying" % e)
@@ -3119,6 +3120,9 @@ def main():
     global STATE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address of the API port (the control port stays on 127.0.0.1); the "
+                        "container tests bind a Docker network's gateway so containers reach it")
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--control-port", type=int, default=0)
@@ -3154,11 +3158,11 @@ def main():
     STATE.listen()
     control = ThreadingHTTPServer(("127.0.0.1", args.control_port), ControlHandler)
     control.daemon_threads = True
-    sys.stdout.write("LISTENING 127.0.0.1:%d\n" % STATE.port)
+    sys.stdout.write("LISTENING %s:%d\n" % (STATE.bind, STATE.port))
     sys.stdout.write("CONTROL 127.0.0.1:%d\n" % control.server_address[1])
     sys.stdout.flush()
-    log("apiserver fixture: https://127.0.0.1:%d, control http://127.0.0.1:%d, rv %d"
-        % (STATE.port, control.server_address[1], STATE.store.rv))
+    log("apiserver fixture: https://%s:%d, control http://127.0.0.1:%d, rv %d"
+        % (STATE.bind, STATE.port, control.server_address[1], STATE.store.rv))
     try:
         control.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -50,6 +50,7 @@ pub struct ApiServerBuilder {
     tokens: serde_json::Map<String, Value>,
     state: Option<Value>,
     args: Vec<String>,
+    bind: Option<std::net::IpAddr>,
 }
 
 impl ApiServerBuilder {
@@ -91,6 +92,13 @@ impl ApiServerBuilder {
         self.args(&["--anonymous-auth"])
     }
 
+    /// Listen on `ip` instead of 127.0.0.1 (its certificate names `ip` too): the container tests
+    /// bind a Docker network's gateway, which the containers on that network reach.
+    pub fn bind(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind = Some(ip);
+        self
+    }
+
     /// Extra fixture flags (`python3 tests/apiserver/apiserver.py --help`).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
@@ -103,7 +111,7 @@ impl ApiServerBuilder {
         require_tool("python3");
         require_tool("openssl");
         let dir = TempDir::new();
-        let ca_pem = make_certificates(&dir.0);
+        let ca_pem = make_certificates(&dir.0, self.bind);
         let tokens = dir.0.join("tokens.json");
         fs::write(&tokens, Value::Object(self.tokens).to_string()).expect("write tokens file");
         let mut cmd = Command::new("python3");
@@ -116,6 +124,9 @@ impl ApiServerBuilder {
             .arg("--tokens")
             .arg(&tokens)
             .args(["--system-namespace", SYSTEM_NAMESPACE]);
+        if let Some(ip) = self.bind {
+            cmd.args(["--bind", &ip.to_string()]);
+        }
         if let Some(state) = &self.state {
             let path = dir.0.join("state.json");
             fs::write(&path, state.to_string()).expect("write state file");
@@ -200,6 +211,7 @@ impl ApiServer {
             tokens: serde_json::Map::new(),
             state: None,
             args: Vec::new(),
+            bind: None,
         }
         .token(ADMIN_TOKEN, "admin", "admin")
         .token(DISPATCHER_TOKEN, DISPATCHER_USER, "imc-dispatcher")
@@ -1037,9 +1049,10 @@ fn require_tool(tool: &str) {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1 (and localhost), EC P-256, valid two days, with
+/// A CA and a server certificate for 127.0.0.1 (and localhost, and `also`), EC P-256, valid two days, with
 /// the extensions rustls/webpki insist on. Returns the CA PEM.
-fn make_certificates(dir: &Path) -> String {
+fn make_certificates(dir: &Path, also: Option<std::net::IpAddr>) -> String {
+    let extra = also.map_or(String::new(), |ip| format!(",IP:{ip}"));
     fs::write(
         dir.join("ca.cnf"),
         "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = ext\n[dn]\n\
@@ -1049,9 +1062,11 @@ fn make_certificates(dir: &Path) -> String {
     .expect("write ca.cnf");
     fs::write(
         dir.join("server.ext"),
-        "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
-         extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1,DNS:localhost\n\
-         subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+        format!(
+            "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+         extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1,DNS:localhost{extra}\n\
+         subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n"
+        ),
     )
     .expect("write server.ext");
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
