@@ -41,7 +41,10 @@ fn scrape(c: &mut Criterion) {
         }
     }
     let hub = Hub::new(2);
-    let info = ProcessInfo { driver: "io_uring" };
+    let info = ProcessInfo {
+        driver: "io_uring",
+        fallback: None,
+    };
     let size = render(&regs, &hub, &info).len();
     let mut g = c.benchmark_group("metrics_render");
     g.throughput(Throughput::Bytes(size as u64));

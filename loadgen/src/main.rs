@@ -252,7 +252,7 @@ fn run_send(a: SendArgs) -> Result<ExitCode, String> {
         warmup: a.warmup,
         id_start: a.id_start,
         timeout: a.timeout,
-        driver: Driver::choose(a.io_driver)?,
+        driver: pick_driver(a.io_driver)?,
         progress: !a.quiet && std::io::stderr().is_terminal(),
         command,
     };
@@ -283,7 +283,7 @@ fn run_sink(a: SinkArgs) -> Result<ExitCode, String> {
     let opts = SinkOpts {
         listen: a.listen,
         threads: a.threads.max(1),
-        driver: Driver::choose(a.io_driver)?,
+        driver: pick_driver(a.io_driver)?,
         status: a.status,
         fail_rate: a.fail_rate,
         fail_status: a.fail_status,
@@ -338,6 +338,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--io-driver` resolved as the dispatcher resolves it; a fallback to epoll is said on stderr.
+fn pick_driver(wanted: IoDriver) -> Result<Driver, String> {
+    let (driver, refusal) = Driver::choose(wanted)?;
+    if let Some(why) = refusal {
+        eprintln!("io_uring is not available: {}; using epoll", why.detail);
+    }
+    Ok(driver)
 }
 
 #[cfg(test)]

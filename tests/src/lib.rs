@@ -20,6 +20,8 @@
 //! - [`rogue`]: a misbehaving subscriber that answers with scripted raw bytes (unsolicited or
 //!   ill-framed responses, protocol switches, floods, closes), counts its connections and sees
 //!   the dispatcher close one.
+//! - [`container`]: the image built from the Dockerfile's final stage over host-built binaries,
+//!   and Docker containers, networks and seccomp profiles for the tests that run it.
 //! - [`fixtures`]: channel C1 and event E1 from contract §7, and the "delivered as binary E1" check.
 //! - [`text`]: base64, JSON strings and HTTP dates, for expected values.
 //! - `wire`: reading HTTP/1.1 messages, shared by the client and the sinks.
@@ -30,6 +32,7 @@
 pub mod apiserver;
 pub mod apps;
 pub mod client;
+pub mod container;
 pub mod dut;
 pub mod fixtures;
 pub mod loadgen;
