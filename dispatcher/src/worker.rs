@@ -68,8 +68,8 @@ impl Driver {
 /// Why io_uring cannot serve here.
 #[derive(Debug, Clone)]
 pub struct UringRefusal {
-    /// A short, bounded code for the metric label: `EPERM`, `ENOSYS`, `EINVAL`, `errno-N`,
-    /// `first-op-failed` or `timeout`.
+    /// A short, bounded code for the metric label: `EPERM`, `ENOSYS`, `EINVAL`, `EACCES`,
+    /// `ENOMEM`, `errno-other`, `first-op-failed` or `timeout`.
     pub code: &'static str,
     /// What a person reads in the log.
     pub detail: String,
