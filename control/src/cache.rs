@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use imc_model::imc::{scope_matches, SCOPE_ANNOTATION};
-use imc_model::wire::{self, ChannelState, Snapshot, ToControl, ToDispatcher};
+use imc_model::wire::{
+    self, ChannelState, ServerCert, Snapshot, TlsInputs, ToControl, ToDispatcher,
+};
 use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
 use serde_json::value::RawValue;
@@ -71,7 +73,10 @@ pub struct Cache {
     /// The first complete list has arrived: snapshots may be sent.
     synced: bool,
     features: BTreeMap<String, String>,
-    features_changed: bool,
+    /// The server certificate Secret and the trust bundles (sent whole, like the features).
+    tls: TlsInputs,
+    /// The features or the TLS inputs changed since the last snapshot.
+    settings_changed: bool,
     changed: BTreeSet<String>,
     deleted: BTreeSet<String>,
     /// When the oldest change not yet sent arrived.
@@ -102,7 +107,8 @@ impl Cache {
             listing: None,
             synced: false,
             features: BTreeMap::new(),
-            features_changed: false,
+            tls: TlsInputs::default(),
+            settings_changed: false,
             changed: BTreeSet::new(),
             deleted: BTreeSet::new(),
             dirty_since: None,
@@ -221,7 +227,25 @@ impl Cache {
     pub fn set_features(&mut self, f: BTreeMap<String, String>) {
         if f != self.features {
             self.features = f;
-            self.features_changed = true;
+            self.settings_changed = true;
+            self.dirty();
+        }
+    }
+
+    /// The server certificate (`None`: no usable Secret); sent with the next snapshot.
+    pub fn set_server_cert(&mut self, cert: Option<ServerCert>) {
+        if cert != self.tls.server {
+            self.tls.server = cert;
+            self.settings_changed = true;
+            self.dirty();
+        }
+    }
+
+    /// Every trust bundle (`<configmap>/<key>` → PEM); sent with the next snapshot.
+    pub fn set_trust_bundles(&mut self, bundles: BTreeMap<String, String>) {
+        if bundles != self.tls.trust_bundles {
+            self.tls.trust_bundles = bundles;
+            self.settings_changed = true;
             self.dirty();
         }
     }
@@ -233,7 +257,7 @@ impl Cache {
             return None;
         }
         let pending = self.need_whole
-            || self.features_changed
+            || self.settings_changed
             || !self.changed.is_empty()
             || !self.deleted.is_empty();
         if !pending {
@@ -266,7 +290,7 @@ impl Cache {
         };
         self.changed.clear();
         self.deleted.clear();
-        self.features_changed = false;
+        self.settings_changed = false;
         self.need_whole = false;
         self.dirty_since = None;
         self.in_flight = Some(version);
@@ -276,6 +300,7 @@ impl Cache {
             features: self.features.clone(),
             upserts,
             deletes,
+            tls: self.tls.clone(),
         };
         tracing::debug!(
             version,

@@ -20,7 +20,7 @@ mod lease;
 mod link;
 mod status;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use imc_model::wire::ServerCert;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -144,8 +145,12 @@ use imc_model::policy::parse_duration;
 pub enum Msg {
     Channel(Box<Event<DynamicObject>>),
     ChannelsFailing(String),
-    Features(Option<BTreeMap<String, String>>),
-    FeaturesFailing(String),
+    Features(BTreeMap<String, String>),
+    /// The Secret `imc-dispatcher-server-tls`, if it exists with both keys.
+    ServerCert(Option<ServerCert>),
+    /// Every trust-bundle ConfigMap's data, `<configmap>/<key>` → PEM.
+    TrustBundles(BTreeMap<String, String>),
+    SettingFailing(Watched, String),
     FromDispatcher(imc_model::wire::ToControl),
     DispatcherGone(String),
     Leader(bool),
@@ -276,43 +281,42 @@ async fn run(args: Args) -> ExitCode {
         });
     }
 
-    // config-features in the system namespace.
+    // config-features, the server certificate Secret and the trust bundles, in the system
+    // namespace: each a small set of objects reduced to what the dispatcher needs and sent whole
+    // with the next snapshot when that changes.
     {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &args.system_namespace);
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let config = watcher::Config::default().fields("metadata.name=config-features");
-            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-            let mut seen: Option<BTreeMap<String, String>> = None;
-            let mut listing: Option<Option<BTreeMap<String, String>>> = None;
-            while let Some(item) = stream.next().await {
-                let next = match item {
-                    Ok(Event::Init) => {
-                        listing = Some(None);
-                        continue;
-                    }
-                    Ok(Event::InitApply(cm)) => {
-                        listing = Some(Some(cm.data.unwrap_or_default().into_iter().collect()));
-                        continue;
-                    }
-                    Ok(Event::InitDone) => listing.take().unwrap_or(None),
-                    Ok(Event::Apply(cm)) => Some(cm.data.unwrap_or_default().into_iter().collect()),
-                    Ok(Event::Delete(_)) => None,
-                    Err(e) => {
-                        if tx.send(Msg::FeaturesFailing(e.to_string())).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                if seen.as_ref() != next.as_ref() || seen.is_none() {
-                    seen = next.clone();
-                    if tx.send(Msg::Features(next)).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &args.system_namespace);
+        tokio::spawn(watch_set(
+            cms.clone(),
+            watcher::Config::default().fields("metadata.name=config-features"),
+            Watched::Features,
+            |set: &BTreeMap<String, ConfigMap>| {
+                set.values()
+                    .next()
+                    .and_then(|cm| cm.data.clone())
+                    .map(|d| d.into_iter().collect())
+                    .unwrap_or_default()
+            },
+            tx.clone(),
+            Msg::Features,
+        ));
+        tokio::spawn(watch_set(
+            cms,
+            watcher::Config::default().labels(&format!("{TRUST_BUNDLE_LABEL}=true")),
+            Watched::TrustBundles,
+            trust_bundles,
+            tx.clone(),
+            Msg::TrustBundles,
+        ));
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.system_namespace);
+        tokio::spawn(watch_set(
+            secrets,
+            watcher::Config::default().fields(&format!("metadata.name={SERVER_TLS_SECRET}")),
+            Watched::ServerTls,
+            server_cert,
+            tx.clone(),
+            Msg::ServerCert,
+        ));
     }
 
     let writer = StatusWriter::new(client.clone(), args.kube_api_qps, args.kube_api_burst);
@@ -357,10 +361,23 @@ async fn run(args: Args) -> ExitCode {
                     }
                     Msg::ChannelsFailing(e) => health.channels_failing(&e),
                     Msg::Features(f) => {
-                        health.features_ok();
-                        cache.set_features(f.unwrap_or_default());
+                        health.ok(Watched::Features);
+                        cache.set_features(f);
                     }
-                    Msg::FeaturesFailing(e) => health.features_failing(&e),
+                    Msg::ServerCert(c) => {
+                        health.ok(Watched::ServerTls);
+                        match &c {
+                            Some(c) => tracing::info!(secret = %c.source, resource_version = %c.resource_version, "server certificate for 8443 from the Secret"),
+                            None => tracing::info!(secret = SERVER_TLS_SECRET, "no usable server certificate Secret (absent, or without tls.crt and tls.key): 8443 handshakes fail until there is one"),
+                        }
+                        cache.set_server_cert(c);
+                    }
+                    Msg::TrustBundles(b) => {
+                        health.ok(Watched::TrustBundles);
+                        tracing::info!(bundles = b.len(), "trust bundles for https targets");
+                        cache.set_trust_bundles(b);
+                    }
+                    Msg::SettingFailing(w, e) => health.failing(w, &e),
                     Msg::FromDispatcher(m) => {
                         for key in cache.on_reply(m) {
                             status.consider(&key);
@@ -414,7 +431,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 #[derive(Default)]
 struct Health {
     channels_down: bool,
-    features_down: bool,
+    settings_down: BTreeSet<Watched>,
 }
 
 impl Health {
@@ -432,17 +449,130 @@ impl Health {
         }
     }
 
-    fn features_failing(&mut self, e: &str) {
-        if !self.features_down {
-            tracing::warn!(error = %e, "config-features watch failing; retrying with backoff");
-            self.features_down = true;
+    fn failing(&mut self, w: Watched, e: &str) {
+        if self.settings_down.insert(w) {
+            tracing::warn!(error = %e, "{} watch failing; retrying with backoff", w.name());
         }
     }
 
-    fn features_ok(&mut self) {
-        if self.features_down {
-            tracing::info!("config-features watch recovered");
-            self.features_down = false;
+    fn ok(&mut self, w: Watched) {
+        if self.settings_down.remove(&w) {
+            tracing::info!("{} watch recovered", w.name());
         }
     }
+}
+
+/// The Secret holding the 8443 certificate (upstream's name, contract §1.1).
+const SERVER_TLS_SECRET: &str = "imc-dispatcher-server-tls";
+/// The label of the ConfigMaps whose data https targets trust (contract §6.5).
+const TRUST_BUNDLE_LABEL: &str = "networking.knative.dev/trust-bundle";
+
+/// The watches of the system namespace besides the channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Watched {
+    Features,
+    ServerTls,
+    TrustBundles,
+}
+
+impl Watched {
+    fn name(self) -> &'static str {
+        match self {
+            Watched::Features => "config-features",
+            Watched::ServerTls => "Secret imc-dispatcher-server-tls",
+            Watched::TrustBundles => "trust-bundle ConfigMaps",
+        }
+    }
+}
+
+/// Watches the objects `config` selects, keeps them by name, and sends `wrap(reduce(set))`
+/// after the first complete list and whenever that value changes (a relist that changes nothing
+/// sends nothing). Errors are reported (the watcher retries with client-go's backoff).
+async fn watch_set<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: Watched,
+    reduce: fn(&BTreeMap<String, K>) -> T,
+    tx: mpsc::UnboundedSender<Msg>,
+    wrap: fn(T) -> Msg,
+) where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    T: PartialEq + Clone,
+{
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut set: BTreeMap<String, K> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<String, K>> = None;
+    let mut sent: Option<T> = None;
+    let name_of = |o: &K| o.meta().name.clone().unwrap_or_default();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(Event::Init) => {
+                listing = Some(BTreeMap::new());
+                continue;
+            }
+            Ok(Event::InitApply(o)) => {
+                listing
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name_of(&o), o);
+                continue;
+            }
+            Ok(Event::InitDone) => set = listing.take().unwrap_or_default(),
+            Ok(Event::Apply(o)) => {
+                set.insert(name_of(&o), o);
+            }
+            Ok(Event::Delete(o)) => {
+                set.remove(&name_of(&o));
+            }
+            Err(e) => {
+                if tx.send(Msg::SettingFailing(what, e.to_string())).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let next = reduce(&set);
+        if sent.as_ref() != Some(&next) {
+            sent = Some(next.clone());
+            if tx.send(wrap(next)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The Secret's `tls.crt` and `tls.key` (PEM), if it has both and they are text.
+fn server_cert(set: &BTreeMap<String, Secret>) -> Option<ServerCert> {
+    let secret = set.values().next()?;
+    let data = secret.data.as_ref()?;
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .filter(|s| !s.trim().is_empty())
+    };
+    Some(ServerCert {
+        source: format!(
+            "{}/{}",
+            secret.metadata.namespace.as_deref().unwrap_or_default(),
+            secret.metadata.name.as_deref().unwrap_or_default()
+        ),
+        resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
+        cert_pem: text("tls.crt")?,
+        key_pem: text("tls.key")?,
+    })
+}
+
+/// Every value of every trust-bundle ConfigMap (upstream trusts all data values).
+fn trust_bundles(set: &BTreeMap<String, ConfigMap>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, cm) in set {
+        for (key, value) in cm.data.iter().flatten() {
+            out.insert(format!("{name}/{key}"), value.clone());
+        }
+    }
+    out
 }

@@ -315,6 +315,10 @@ pub struct Hub {
     /// The `config-features` flags the dispatcher runs with (from imc-control; empty with the
     /// file source), exported as a metric.
     features: ArcSwap<BTreeMap<String, String>>,
+    /// The cluster's TLS inputs (the 8443 certificate Secret, the trust bundles) from
+    /// imc-control; empty with the file source. Read where a TLS configuration is built, never
+    /// per request.
+    cluster_tls: ArcSwap<imc_model::wire::TlsInputs>,
     /// The last few publications' changes: generation `g` and the keys that differ from `g - 1`.
     /// A worker one or a few generations behind touches only those keys of its table instead of
     /// rebuilding it (a 10,000-channel rebuild costs the core milliseconds).
@@ -336,6 +340,7 @@ impl Hub {
             reloads_failed: AtomicU64::new(0),
             last_reload_ok: AtomicBool::new(false),
             features: ArcSwap::from_pointee(BTreeMap::new()),
+            cluster_tls: ArcSwap::from_pointee(Default::default()),
             deltas: Mutex::new(VecDeque::new()),
         }
     }
@@ -359,6 +364,19 @@ impl Hub {
 
     pub fn features(&self) -> Arc<BTreeMap<String, String>> {
         self.features.load_full()
+    }
+
+    /// Installs the TLS inputs of a snapshot; whether they changed.
+    pub fn set_cluster_tls(&self, next: &imc_model::wire::TlsInputs) -> bool {
+        if **self.cluster_tls.load() == *next {
+            return false;
+        }
+        self.cluster_tls.store(Arc::new(next.clone()));
+        true
+    }
+
+    pub fn cluster_tls(&self) -> Arc<imc_model::wire::TlsInputs> {
+        self.cluster_tls.load_full()
     }
 
     /// Whether every worker has installed generation `g` (or a later one).

@@ -201,6 +201,7 @@ impl ControlSource {
             ChannelSet::build(&state.set, &loads, &opts)
         };
         self.hub.set_features(&snap.features);
+        self.hub.set_cluster_tls(&snap.tls);
         if !set.same_as(&state.set) || self.hub.generation() == 0 {
             let set = Arc::new(set);
             let generation = self.hub.publish(set.clone());

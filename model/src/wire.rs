@@ -41,6 +41,48 @@ pub struct Snapshot {
     /// `<namespace>/<name>` of channels gone since `base`.
     #[serde(default)]
     pub deletes: Vec<String>,
+    /// The TLS inputs of the system namespace (always whole: a certificate and a few bundles).
+    #[serde(default)]
+    pub tls: TlsInputs,
+}
+
+/// What the cluster says about TLS (contract §6.1, §6.5), for the 8443 listener and for https
+/// targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInputs {
+    /// The Secret `imc-dispatcher-server-tls` (`tls.crt`, `tls.key`, PEM); `None` while it does
+    /// not exist or lacks either key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerCert>,
+    /// Every ConfigMap of the system namespace labelled `networking.knative.dev/trust-bundle:
+    /// "true"`: `<configmap>/<key>` → the value (PEM certificates), all keys, as upstream reads
+    /// them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_bundles: BTreeMap<String, String>,
+}
+
+/// A server certificate chain and its private key, PEM.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerCert {
+    /// `<namespace>/<name>` of the Secret, for log lines.
+    pub source: String,
+    /// `metadata.resourceVersion` of the Secret, so a log line can say which one is served.
+    #[serde(default)]
+    pub resource_version: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+// A private key never reaches a log line through `{:?}`.
+impl std::fmt::Debug for ServerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCert")
+            .field("source", &self.source)
+            .field("resource_version", &self.resource_version)
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 /// dispatcher → control.
@@ -151,7 +193,28 @@ mod tests {
             features: BTreeMap::from([("transport-encryption".into(), "disabled".into())]),
             upserts: vec![RawValue::from_string(r#"{"metadata":{"name":"c"}}"#.into()).unwrap()],
             deletes: vec!["ns/gone".into()],
+            tls: TlsInputs {
+                server: Some(ServerCert {
+                    source: "knative-eventing/imc-dispatcher-server-tls".into(),
+                    resource_version: "7".into(),
+                    cert_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+                    key_pem: "-----BEGIN PRIVATE KEY-----\nsecret".into(),
+                }),
+                trust_bundles: BTreeMap::from([("bundle/ca.crt".into(), "pem".into())]),
+            },
         });
+        // A snapshot of an imc-control without TLS inputs still decodes (no `tls` member).
+        let mut d = Decoder::default();
+        let old = br#"{"snapshot":{"version":1,"base":null,"features":{},"upserts":[]}}"#;
+        d.feed(&(old.len() as u32).to_be_bytes());
+        d.feed(old);
+        match d.message::<ToDispatcher>().unwrap() {
+            Some(ToDispatcher::Snapshot(s)) => assert_eq!(s.tls, TlsInputs::default()),
+            other => panic!("{other:?}"),
+        }
+        let ToDispatcher::Snapshot(shown) = &snap;
+        let shown = format!("{shown:?}");
+        assert!(!shown.contains("secret"), "the key is never shown: {shown}");
         let ack = ToControl::Ack(Ack {
             version: 3,
             channels: vec![ChannelResult {
