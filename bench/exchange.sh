@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The floor of the I/O layer: the CPU and the syscalls of one HTTP exchange (a request read, a
+# response written) on the server side, with nothing else in the path (issue 14, item 1).
+#
+#   bench/exchange.sh [-r REPS] [-d DUR] [-c "64 8"] [-D "io-uring epoll"]
+#
+# Two servers, each alone on core 0 with `imc-loadgen send` (1 KiB binary events, closed loop,
+# io_uring) on core 1:
+#   sink        `imc-loadgen sink`: one exchange per event;
+#   dispatcher  `imc-dispatcher --workers 1` with one subscriber (an `imc-loadgen sink` on core 1):
+#               two exchanges per event (the sender's, and its own to the subscriber as a client);
+#               its figure is per exchange, i.e. CPU per event / 2.
+# For each (server, driver, connections): events/s, the server's CPU µs per exchange (utime +
+# stime from /proc over the measured interval only), syscalls per exchange (`perf stat -e
+# raw_syscalls:sys_enter` on the server's process over the same interval, where perf's
+# tracepoints work; else `strace -c -f` on a separate, shorter run, which slows the server and is
+# marked so), and instructions and cycles per exchange where `perf stat` has hardware counters
+# (many VMs have none: then "-").
+#
+# Medians of REPS. Traffic stays on 127.0.0.1; every run is bounded by DUR. Raw rows:
+# target/bench-results/exchange/raw.tsv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=3
+DUR=8s
+CONNS="64 8"
+DRIVERS="io-uring epoll"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -r) REPS=$2; shift 2;;
+    -d) DUR=$2; shift 2;;
+    -c) CONNS=$2; shift 2;;
+    -D) DRIVERS=$2; shift 2;;
+    *) echo "usage: bench/exchange.sh [-r REPS] [-d DUR] [-c \"64 8\"] [-D \"io-uring epoll\"]" >&2; exit 2;;
+  esac
+done
+cargo build --release -q -p imc-dispatcher -p imc-loadgen
+BIN=${CARGO_TARGET_DIR:-target}/release
+OUT=$PWD/target/bench-results/exchange
+rm -rf "$OUT"; mkdir -p "$OUT"
+PORT=18190
+SUB=19190
+WARMUP=2
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+trap cleanup EXIT
+
+# What this machine's perf can count.
+tracepoints=0; counters=0
+if perf stat -e raw_syscalls:sys_enter -x, true >/dev/null 2>&1; then tracepoints=1; fi
+# With -x, the first field of a counted event is a number; "<not supported>" otherwise.
+if perf stat -e instructions -x, true 2>&1 | awk -F, '$3 == "instructions" && $1 ~ /^[0-9]+$/ { ok = 1 } END { exit !ok }'; then
+  counters=1
+fi
+echo "perf: syscall tracepoints $([ $tracepoints = 1 ] && echo yes || echo no), hardware counters $([ $counters = 1 ] && echo yes || echo no)"
+
+cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+printf "server\tdriver\tconns\trep\trps\tcpu_s\texchanges\tsyscalls\tinstructions\tcycles\n" > "$OUT/raw.tsv"
+cat > "$OUT/channels.yaml" <<EOF
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {name: demo, namespace: default}
+spec:
+  subscribers:
+  - {uid: s1, subscriberUri: "http://127.0.0.1:$SUB/"}
+EOF
+for rep in $(seq 1 "$REPS"); do
+for driver in $DRIVERS; do
+for conns in $CONNS; do
+for server in sink dispatcher; do
+  if [ "$server" = sink ]; then
+    taskset -c 0 "$BIN/imc-loadgen" sink --listen "127.0.0.1:$PORT" --io-driver "$driver" 2> "$OUT/server.log" &
+    srv=$!; pids+=($srv); per_event=1; host=()
+    for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/report" && break; sleep 0.05; done
+  else
+    taskset -c 1 "$BIN/imc-loadgen" sink --listen "127.0.0.1:$SUB" 2> "$OUT/sub.log" &
+    pids+=($!)
+    taskset -c 0 "$BIN/imc-dispatcher" --channels "$OUT/channels.yaml" --listen "127.0.0.1:$PORT" \
+      --metrics-listen 127.0.0.1:0 --workers 1 --io-driver "$driver" 2> "$OUT/server.log" &
+    srv=$!; pids+=($srv); per_event=2; host=(--host demo-kn-channel.default.svc.cluster.local)
+    for _ in $(seq 1 100); do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' -A kube-probe/1.30 "http://127.0.0.1:$PORT/")" = 204 ] && break
+      sleep 0.05
+    done
+  fi
+  secs=${DUR%s}
+  # The measured interval starts after the warm-up: CPU sampled, perf attached for DUR.
+  (
+    sleep "$WARMUP"
+    cpu_of "$srv" > "$OUT/cpu0"
+    if [ $tracepoints = 1 ] || [ $counters = 1 ]; then
+      ev=()
+      [ $tracepoints = 1 ] && ev+=(-e raw_syscalls:sys_enter)
+      [ $counters = 1 ] && ev+=(-e instructions -e cycles)
+      perf stat "${ev[@]}" -x, -p "$srv" -o "$OUT/perf.csv" -- sleep "$secs" 2>/dev/null || true
+    fi
+  ) &
+  sampler=$!
+  taskset -c 1 "$BIN/imc-loadgen" send "http://127.0.0.1:$PORT/" "${host[@]}" -c "$conns" \
+    -d "$DUR" --warmup "${WARMUP}s" --json -q > "$OUT/send.json" || true
+  wait "$sampler"
+  cpu1=$(cpu_of "$srv")
+  count() { [ -s "$OUT/perf.csv" ] && awk -F, -v e="$1" '$3 == e { print $1 }' "$OUT/perf.csv" | head -1 || true; }
+  sys=$(count raw_syscalls:sys_enter); ins=$(count instructions); cyc=$(count cycles)
+  rm -f "$OUT/perf.csv"
+  python3 - "$OUT/send.json" "$server" "$driver" "$conns" "$rep" "$(cat "$OUT/cpu0")" "$cpu1" "$per_event" "${sys:--}" "${ins:--}" "${cyc:--}" >> "$OUT/raw.tsv" <<'PY'
+import json, os, sys
+r = json.load(open(sys.argv[1]))
+server, driver, conns, rep, c0, c1, per_event, sys_, ins, cyc = sys.argv[2:]
+tck = os.sysconf("SC_CLK_TCK")
+exchanges = r["requests"] * int(per_event)
+print(f"{server}\t{driver}\t{conns}\t{rep}\t{r['rps']:.0f}\t{(int(c1) - int(c0)) / tck:.2f}\t{exchanges}\t{sys_}\t{ins}\t{cyc}")
+PY
+  tail -1 "$OUT/raw.tsv"
+  cleanup
+done
+done
+done
+done
+
+# Without tracepoints: syscalls per exchange from strace -c on one short extra run per point.
+if [ $tracepoints = 0 ] && command -v strace >/dev/null; then
+  echo "syscalls from strace -c (slows the server; counts only)"
+  for driver in $DRIVERS; do for conns in $CONNS; do
+    taskset -c 0 strace -c -f -o "$OUT/strace-$driver-$conns.txt" "$BIN/imc-loadgen" sink \
+      --listen "127.0.0.1:$PORT" --io-driver "$driver" 2> "$OUT/server.log" &
+    pids+=($!)
+    for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/report" && break; sleep 0.05; done
+    taskset -c 1 "$BIN/imc-loadgen" send "http://127.0.0.1:$PORT/" -c "$conns" -n 20000 --json -q > "$OUT/strace-send.json" || true
+    cleanup
+    echo "sink $driver c=$conns: $(awk '/total/ { print $3 }' "$OUT/strace-$driver-$conns.txt") syscalls / 20000 exchanges"
+  done; done
+fi
+
+python3 - "$OUT/raw.tsv" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
+def per(v, n):
+    return "-" if v == "-" else f"{float(v) / n:.1f}"
+print(f"{'server':10} {'driver':8} {'conns':>5} {'events/s':>9} {'cpu us/exchange':>15} {'syscalls/exch':>13} {'instr/exch':>10} {'cycles/exch':>11}")
+keys = []
+for r in rows:
+    k = (r[0], r[1], r[2])
+    if k not in keys:
+        keys.append(k)
+for k in keys:
+    g = [r for r in rows if (r[0], r[1], r[2]) == k]
+    rps = statistics.median(float(r[4]) for r in g)
+    cpu = statistics.median(float(r[5]) * 1e6 / float(r[6]) for r in g)
+    med = lambda i: "-" if any(r[i] == "-" for r in g) else str(statistics.median(float(r[i]) / float(r[6]) for r in g))
+    fmt = lambda s: "-" if s == "-" else f"{float(s):.1f}"
+    print(f"{k[0]:10} {k[1]:8} {k[2]:>5} {rps:>9.0f} {cpu:>15.2f} {fmt(med(7)):>13} {fmt(med(8)):>10} {fmt(med(9)):>11}")
+PY
