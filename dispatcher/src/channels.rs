@@ -677,4 +677,23 @@ mod tests {
         hub.mark_installed(1, g);
         assert!(hub.is_ready());
     }
+
+    /// Contract §6.1: the cluster's `transport-encryption` flag overrides the command line while
+    /// it is set, changes without a restart, and an unknown value falls back to the flag.
+    #[test]
+    fn cluster_transport_encryption_overrides_the_flag() {
+        let hub = Hub::new(1);
+        assert_eq!(hub.encryption(), Encryption::Disabled);
+        hub.set_default_encryption(Encryption::Permissive);
+        assert_eq!(hub.encryption(), Encryption::Permissive);
+        let flags = |v: &str| BTreeMap::from([(TRANSPORT_ENCRYPTION.to_owned(), v.to_owned())]);
+        hub.set_features(&flags("strict"));
+        assert_eq!(hub.encryption(), Encryption::Strict);
+        hub.set_features(&flags("Disabled"));
+        assert_eq!(hub.encryption(), Encryption::Disabled);
+        hub.set_features(&flags("sometimes"));
+        assert_eq!(hub.encryption(), Encryption::Permissive);
+        hub.set_features(&BTreeMap::new());
+        assert_eq!(hub.encryption(), Encryption::Permissive);
+    }
 }

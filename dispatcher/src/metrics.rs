@@ -663,8 +663,7 @@ impl TargetSeries {
     pub fn attempt(
         &self,
         rec: &Recorder,
-        host: &str,
-        port: u16,
+        (host, port, scheme): (&str, u16, &str),
         chan: (&str, &str),
         end: AttemptEnd,
         elapsed: Duration,
@@ -686,7 +685,7 @@ impl TargetSeries {
                         ("http_request_method", "POST"),
                         ("server_address", host),
                         ("server_port", &port),
-                        ("url_scheme", "http"),
+                        ("url_scheme", scheme),
                         ("network_protocol_name", "http"),
                         ("network_protocol_version", "1.1"),
                         (k, v),

@@ -80,6 +80,17 @@ impl DestSpec {
     }
 }
 
+impl DestSpec {
+    /// `url_scheme` of its client metrics.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// A delivery target on this worker: the shared [`DestSpec`] (its fields read through `Deref`)
 /// and this worker's state for it.
 pub struct Dest {

@@ -56,6 +56,23 @@ impl TestCa {
     /// A leaf for `names` (DNS names or IP literals), valid from a day ago for `days` days
     /// (negative: expired), with this serial.
     pub fn leaf(&self, names: &[&str], days: i64, serial: u64) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let cert_pem = self.leaf_for_key(names, days, serial, &key);
+        Leaf {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            serial: serial.to_be_bytes().to_vec(),
+        }
+    }
+
+    /// The certificate (PEM) of a leaf whose key is `key_pem` (PKCS#8: an RSA key made with
+    /// openssl, say).
+    pub fn leaf_for_pkcs8_key(&self, names: &[&str], serial: u64, key_pem: &str) -> String {
+        let key = KeyPair::from_pem(key_pem).expect("a PKCS#8 key rcgen can sign with");
+        self.leaf_for_key(names, 30, serial, &key)
+    }
+
+    fn leaf_for_key(&self, names: &[&str], days: i64, serial: u64, key: &KeyPair) -> String {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
@@ -67,17 +84,11 @@ impl TestCa {
             params.not_before = now - time::Duration::days(1);
             params.not_after = now + time::Duration::days(days);
         }
-        let serial_bytes = serial.to_be_bytes().to_vec();
-        params.serial_number = Some(SerialNumber::from_slice(&serial_bytes));
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("leaf signed");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            serial: serial_bytes,
-        }
+        params.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
+        params
+            .signed_by(key, &self.cert, &self.key)
+            .expect("leaf signed")
+            .pem()
     }
 }
 

@@ -426,6 +426,65 @@ fn no_certificate_fails_handshakes_with_a_reason(driver: Driver) {
     dut.send(&e1()).assert_status(202);
 }
 
+/// A PKCS#1 RSA key (`BEGIN RSA PRIVATE KEY`, as cert-manager can write it) is served.
+fn pkcs1_rsa_key_is_served(driver: Driver) {
+    let ca = TestCa::new("rsa CA");
+    let dir = Scratch::new("rsa");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir.0)
+            .output()
+            .expect("openssl runs (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "pkcs8.pem",
+    ]);
+    openssl(&["rsa", "-in", "pkcs8.pem", "-traditional", "-out", "tls.key"]);
+    let pkcs1 = fs::read_to_string(dir.0.join("tls.key")).unwrap();
+    assert!(
+        pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "{pkcs1}"
+    );
+    let pkcs8 = fs::read_to_string(dir.0.join("pkcs8.pem")).unwrap();
+    dir.write(
+        "tls.crt",
+        &ca.leaf_for_pkcs8_key(&["localhost"], 0x5a, &pkcs8),
+    );
+    let s1 = Sink::ok();
+    let dut = Dut::builder(driver)
+        .channels(&[c1().subscriber(Sub::to(&s1.url()))])
+        .args(&[
+            "--tls-cert",
+            &dir.path("tls.crt"),
+            "--tls-key",
+            &dir.path("tls.key"),
+        ])
+        .args(&["--transport-encryption", "permissive"])
+        .start();
+
+    let a = tls_send(
+        dut.tls_addr(),
+        client_config(&ca.pem(), false),
+        "localhost",
+        &e1_by_path(),
+    )
+    .unwrap();
+    assert_eq!(a.status, 202);
+    assert_eq!(a.serial, vec![0x5a]);
+}
+
 /// curl as an https sender (`--cacert`), keep-alive over two requests.
 fn curl_sends_over_https(driver: Driver) {
     let ca = TestCa::new("curl CA");
@@ -516,5 +575,6 @@ both_drivers!(
     tls12_client_is_refused_unless_min_version_is_12,
     certificate_rotation_is_seen_by_new_connections,
     no_certificate_fails_handshakes_with_a_reason,
+    pkcs1_rsa_key_is_served,
     curl_sends_over_https,
 );
