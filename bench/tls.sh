@@ -147,7 +147,7 @@ printf "kind\trep\tconnections\tdisp_cpu_s\n" > "$OUT/handshakes.tsv"
 for rep in $(seq 1 "$REPS"); do
   for kind in new reuse; do
     c0=$(cpu_ticks "$DISP")
-    taskset -c 1 openssl s_time -connect "127.0.0.1:$TLS_PORT" -"$kind" -time 5 -CAfile "$OUT/pki/ca.pem" \
+    taskset -c 1 openssl s_time -connect "127.0.0.1:$TLS_PORT" -"$kind" -time 5 -www / -CAfile "$OUT/pki/ca.pem" \
       > "$OUT/s_time-$kind-$rep.txt" 2>&1 || true
     c1=$(cpu_ticks "$DISP")
     conns=$(grep -Eo '^[0-9]+ connections in' "$OUT/s_time-$kind-$rep.txt" | head -1 | awk '{print $1}')

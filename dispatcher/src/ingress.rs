@@ -171,18 +171,16 @@ impl Connection {
         };
         let w = &self.worker;
         let elapsed = p.start.elapsed();
+        let key = (p.method, status, self.stream.is_tls());
         match &p.channel {
             Some(c) => c.ingress.record(
                 &w.metrics,
                 Some((&c.namespace, &c.name)),
-                p.method,
-                status,
+                key,
                 p.body,
                 elapsed,
             ),
-            None => w
-                .no_channel
-                .record(&w.metrics, None, p.method, status, p.body, elapsed),
+            None => w.no_channel.record(&w.metrics, None, key, p.body, elapsed),
         }
     }
 

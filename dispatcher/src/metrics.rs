@@ -506,9 +506,11 @@ pub fn serve(
     }
 }
 
-/// Ingress series of one channel (or of requests that found none), by method and status.
+/// Ingress series of one channel (or of requests that found none), by method, status and port
+/// (`true`: the https one). `imc_events_received_total` has no scheme label: both ports share its
+/// cell (the registry hands out one cell per family and labels).
 #[derive(Default)]
-pub struct IngressSeries(ByKey<(u8, u16), IngressCells>);
+pub struct IngressSeries(ByKey<(u8, u16, bool), IngressCells>);
 
 #[derive(Clone)]
 struct IngressCells {
@@ -533,19 +535,18 @@ impl IngressSeries {
         &self,
         rec: &Recorder,
         chan: Option<(&str, &str)>,
-        method: u8,
-        status: u16,
+        (method, status, tls): (u8, u16, bool),
         body: u64,
         elapsed: Duration,
     ) {
-        let cells = self.0.get((method, status), || {
+        let cells = self.0.get((method, status, tls), || {
             let code = status.to_string();
             let mut l: Vec<(&str, &str)> = vec![
                 ("http_request_method", method_label(method)),
                 ("http_response_status_code", &code),
                 ("network_protocol_name", "http"),
                 ("network_protocol_version", "1.1"),
-                ("url_scheme", "http"),
+                ("url_scheme", if tls { "https" } else { "http" }),
             ];
             let mut own: Vec<(&str, &str)> = vec![("code", &code)];
             if let Some((ns, name)) = chan {

@@ -81,6 +81,26 @@ fn e1_by_path() -> Request {
     e1().target("/default/ch1")
 }
 
+/// The Prometheus text the DUT serves now.
+fn scrape(dut: &Dut) -> String {
+    let addr: std::net::SocketAddr = dut
+        .logs()
+        .iter()
+        .find(|l| l.contains("metrics listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("the metrics address in the logs");
+    let r = Conn::open(addr).send(&Request::new("GET", "/metrics"));
+    String::from_utf8(r.body).expect("UTF-8 exposition")
+}
+
+/// Whether a line of `text` starts with `name{` and holds every label.
+fn has_series(text: &str, name: &str, labels: &[&str]) -> bool {
+    text.lines()
+        .any(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|w| l.contains(w)))
+}
+
 /// The wait for a log line naming the failure.
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
@@ -104,6 +124,18 @@ fn https_subscriber_trusted_through_subscriber_ca_certs_is_delivered(driver: Dri
     assert_eq!(got[0].header("prefer"), Some("reply"));
     assert_eq!(got[0].body, br#"{"k":1}"#);
     assert_eq!(sink.handshakes().len(), 1, "keep-alive: one handshake");
+    let text = scrape(&dut);
+    assert!(
+        has_series(
+            &text,
+            "http_client_request_duration_seconds_count",
+            &[
+                r#"url_scheme="https""#,
+                r#"http_response_status_code="200""#
+            ]
+        ),
+        "{text}"
+    );
 }
 
 /// A new connection to the same target resumes the worker's TLS session.
@@ -297,6 +329,18 @@ fn permissive_mode_serves_both_ports(driver: Driver) {
     assert_eq!(a.status, 202);
     let ids: Vec<_> = s1.requests().iter().map(|r| r.id().to_owned()).collect();
     assert_eq!(ids, ["e1", "e2"]);
+    let text = scrape(&dut);
+    for scheme in ["http", "https"] {
+        let label = format!("url_scheme=\"{scheme}\"");
+        assert!(
+            has_series(
+                &text,
+                "http_server_request_duration_seconds_count",
+                &[&label, r#"http_response_status_code="202""#]
+            ),
+            "{scheme}: {text}"
+        );
+    }
 }
 
 /// Case 82: 8080 answers 404 to events but not to probes; 8443 serves.
