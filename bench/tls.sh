@@ -7,8 +7,9 @@
 #   in=https out=http   N=1           https ingress with keep-alive (8443, permissive mode)
 #   in=http  out=https  N=1 and N=4   https subscribers over the keep-alive pool
 #
-# then the handshake cost on the https ingress: `openssl s_time` opening new connections (full
-# handshakes) and resuming sessions, the dispatcher's CPU per handshake.
+# then nginx on the same rig answering 202 itself over http and https (its CPU per request: what
+# TLS costs a C server), and the handshake cost on the https ingress: `openssl s_time` opening new
+# connections (full handshakes) and resuming sessions, the dispatcher's CPU per handshake.
 #
 #   bench/tls.sh [-r REPS] [-d DUR]
 #
@@ -141,6 +142,51 @@ PY
   done
 done
 
+# The same rig's nginx terminating TLS: one nginx process on core 0 answering 202 itself, over
+# http and https, its CPU per request (what a request costs a TLS server written in C).
+cat > "$OUT/null.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $OUT/nginx/null.pid;
+error_log $OUT/nginx/null-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_buffer_size 64k;
+  client_body_temp_path $OUT/nginx/tmp/body;
+  proxy_temp_path $OUT/nginx/tmp/proxy;
+  fastcgi_temp_path $OUT/nginx/tmp/fastcgi;
+  uwsgi_temp_path $OUT/nginx/tmp/uwsgi;
+  scgi_temp_path $OUT/nginx/tmp/scgi;
+  server { listen 127.0.0.1:$PORT; location / { return 202; } }
+  server { listen 127.0.0.1:$TLS_PORT ssl; ssl_certificate $OUT/pki/tls.crt; ssl_certificate_key $OUT/pki/tls.key; ssl_protocols TLSv1.3; location / { return 202; } }
+}
+NGINX
+printf "scheme\trep\trps\tcpu_s\trequests\n" > "$OUT/nginx.tsv"
+taskset -c 0 nginx -e "$OUT/nginx/null-error.log" -p "$OUT/nginx" -c "$OUT/null.conf" > "$OUT/null.out" 2>&1 &
+NULL=$!; pids+=($NULL)
+sleep 0.5
+for rep in $(seq 1 "$REPS"); do
+  for scheme in http https; do
+    if [ "$scheme" = https ]; then url="https://127.0.0.1:$TLS_PORT/default/demo"; else url="http://127.0.0.1:$PORT/default/demo"; fi
+    c0=$(cpu_ticks "$NULL")
+    taskset -c 1 wrk -t1 -c64 -d"$DUR" -s ../shared/bench/ce.lua "$url" > "$OUT/null-$scheme-$rep.txt" 2>&1 || true
+    c1=$(cpu_ticks "$NULL")
+    python3 - "$OUT/null-$scheme-$rep.txt" "$scheme" "$rep" "$c0" "$c1" >> "$OUT/nginx.tsv" <<'PY'
+import os, re, sys
+text = open(sys.argv[1]).read()
+scheme, rep, c0, c1 = sys.argv[2:]
+req = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+print(f"{scheme}\t{rep}\t{rps:.0f}\t{(int(c1) - int(c0)) / os.sysconf('SC_CLK_TCK'):.2f}\t{req}")
+PY
+    tail -1 "$OUT/nginx.tsv"
+  done
+done
+kill "$NULL" 2>/dev/null || true; wait "$NULL" 2>/dev/null || true
+
 # Handshakes on the https ingress: new sessions (full handshakes) and resumed ones, 5 s each.
 start_dispatcher http 1
 printf "kind\trep\tconnections\tdisp_cpu_s\n" > "$OUT/handshakes.tsv"
@@ -157,7 +203,7 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-python3 - "$OUT/raw.tsv" "$OUT/handshakes.tsv" <<'PY'
+python3 - "$OUT/raw.tsv" "$OUT/handshakes.tsv" "$OUT/nginx.tsv" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
 print(f"{'in':5} {'out':5} {'N':>2} {'events/s':>9} {'p99 ms':>7} {'cpu us/event':>12} {'vs http':>7} {'errors':>6}")
@@ -186,4 +232,13 @@ for kind, label in (("new", "full"), ("reuse", "resumed")):
     per_s = statistics.median(int(r[2]) / 5 for r in g)
     cpu = statistics.median(float(r[3]) * 1e6 / int(r[2]) for r in g)
     print(f"{label:10} {per_s:>7.0f} {cpu:>16.1f}")
+ng = [l.rstrip("\n").split("\t") for l in open(sys.argv[3])][1:]
+print()
+print(f"{'nginx 202':10} {'req/s':>9} {'cpu us/request':>14}")
+for scheme in ("http", "https"):
+    g = [r for r in ng if r[0] == scheme]
+    if g:
+        rps = statistics.median(float(r[2]) for r in g)
+        cpu = statistics.median(float(r[3]) * 1e6 / max(int(r[4]), 1) for r in g)
+        print(f"{scheme:10} {rps:>9.0f} {cpu:>14.1f}")
 PY
