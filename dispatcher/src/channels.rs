@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::config::Encryption;
 use crate::imc::{ChannelConfig, Imc, Source};
 use crate::routing::Prepared;
 use crate::wire::ChannelState;
@@ -319,11 +320,19 @@ pub struct Hub {
     /// imc-control; empty with the file source. Read where a TLS configuration is built, never
     /// per request.
     cluster_tls: ArcSwap<imc_model::wire::TlsInputs>,
+    /// `transport-encryption` in force (a [`crate::config::Encryption`]): the cluster's flag
+    /// while `config-features` has it, else `--transport-encryption`. Workers copy it on their
+    /// tick, so a request reads a cell of its own core.
+    encryption: AtomicU8,
+    encryption_default: AtomicU8,
     /// The last few publications' changes: generation `g` and the keys that differ from `g - 1`.
     /// A worker one or a few generations behind touches only those keys of its table instead of
     /// rebuilding it (a 10,000-channel rebuild costs the core milliseconds).
     deltas: Mutex<VecDeque<(u64, Arc<[String]>)>>,
 }
+
+/// The `config-features` flag of contract §6.1.
+const TRANSPORT_ENCRYPTION: &str = "transport-encryption";
 
 /// Publications whose changes a worker can still catch up with key by key.
 const DELTAS_KEPT: usize = 16;
@@ -341,7 +350,34 @@ impl Hub {
             last_reload_ok: AtomicBool::new(false),
             features: ArcSwap::from_pointee(BTreeMap::new()),
             cluster_tls: ArcSwap::from_pointee(Default::default()),
+            encryption: AtomicU8::new(Encryption::Disabled as u8),
+            encryption_default: AtomicU8::new(Encryption::Disabled as u8),
             deltas: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// `--transport-encryption`: the mode while the cluster does not set one.
+    pub fn set_default_encryption(&self, mode: Encryption) {
+        self.encryption_default.store(mode as u8, Ordering::Relaxed);
+        self.apply_encryption(&self.features.load());
+    }
+
+    pub fn encryption(&self) -> Encryption {
+        Encryption::from_u8(self.encryption.load(Ordering::Relaxed))
+    }
+
+    fn apply_encryption(&self, features: &BTreeMap<String, String>) {
+        let default = Encryption::from_u8(self.encryption_default.load(Ordering::Relaxed));
+        let mode = match features.get(TRANSPORT_ENCRYPTION) {
+            None => default,
+            Some(v) => Encryption::from_flag(v).unwrap_or_else(|| {
+                tracing::warn!(flag = TRANSPORT_ENCRYPTION, value = %v, fallback = ?default, "unknown transport-encryption value (disabled, permissive or strict); using the default");
+                default
+            }),
+        };
+        let prev = self.encryption.swap(mode as u8, Ordering::Relaxed);
+        if prev != mode as u8 {
+            tracing::info!(mode = ?mode, "transport encryption");
         }
     }
 
@@ -351,6 +387,7 @@ impl Hub {
         if **prev == *next {
             return;
         }
+        self.apply_encryption(next);
         for (flag, value) in next {
             if prev.get(flag) != Some(value) {
                 tracing::info!(flag = %flag, value = %value, previous = prev.get(flag).map(String::as_str), "feature flag set");
@@ -657,5 +694,24 @@ mod tests {
         assert!(!hub.is_ready());
         hub.mark_installed(1, g);
         assert!(hub.is_ready());
+    }
+
+    /// Contract §6.1: the cluster's `transport-encryption` flag overrides the command line while
+    /// it is set, changes without a restart, and an unknown value falls back to the flag.
+    #[test]
+    fn cluster_transport_encryption_overrides_the_flag() {
+        let hub = Hub::new(1);
+        assert_eq!(hub.encryption(), Encryption::Disabled);
+        hub.set_default_encryption(Encryption::Permissive);
+        assert_eq!(hub.encryption(), Encryption::Permissive);
+        let flags = |v: &str| BTreeMap::from([(TRANSPORT_ENCRYPTION.to_owned(), v.to_owned())]);
+        hub.set_features(&flags("strict"));
+        assert_eq!(hub.encryption(), Encryption::Strict);
+        hub.set_features(&flags("Disabled"));
+        assert_eq!(hub.encryption(), Encryption::Disabled);
+        hub.set_features(&flags("sometimes"));
+        assert_eq!(hub.encryption(), Encryption::Permissive);
+        hub.set_features(&BTreeMap::new());
+        assert_eq!(hub.encryption(), Encryption::Permissive);
     }
 }

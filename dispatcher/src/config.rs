@@ -18,6 +18,48 @@ pub enum IoDriver {
     Epoll,
 }
 
+/// `transport-encryption` (contract §6.1): which ingress port serves events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[repr(u8)]
+pub enum Encryption {
+    /// 8080 serves; 8443 answers 404 after the handshake (upstream's default).
+    Disabled = 0,
+    /// Both ports serve.
+    Permissive = 1,
+    /// 8443 serves; 8080 answers 404 to everything but probes.
+    Strict = 2,
+}
+
+impl Encryption {
+    /// The value of the `transport-encryption` flag of `config-features` (upstream's names).
+    pub fn from_flag(v: &str) -> Option<Encryption> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "disabled" => Some(Encryption::Disabled),
+            "permissive" => Some(Encryption::Permissive),
+            "strict" => Some(Encryption::Strict),
+            _ => None,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Encryption {
+        match v {
+            1 => Encryption::Permissive,
+            2 => Encryption::Strict,
+            _ => Encryption::Disabled,
+        }
+    }
+
+    /// Whether the plain HTTP port (8080) serves events.
+    pub fn plain_serves(self) -> bool {
+        self != Encryption::Strict
+    }
+
+    /// Whether the https port (8443) serves events.
+    pub fn tls_serves(self) -> bool {
+        self != Encryption::Disabled
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -56,6 +98,46 @@ pub struct Args {
         value_name = "ADDR"
     )]
     pub listen: SocketAddr,
+
+    /// Address of the https event ingress (the same routes as --listen; contract §1.3). It
+    /// always listens; without a certificate its handshakes fail. Port 0 picks a free port.
+    #[arg(
+        long,
+        env = "IMC_TLS_LISTEN",
+        default_value = "0.0.0.0:8443",
+        value_name = "ADDR"
+    )]
+    pub tls_listen: SocketAddr,
+
+    /// PEM certificate chain of the https ingress (standalone; in a cluster the
+    /// imc-dispatcher-server-tls Secret mounted as files). Re-read on change, no restart.
+    #[arg(long, env = "IMC_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#1, PKCS#8 or SEC1) of --tls-cert.
+    #[arg(long, env = "IMC_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// `transport-encryption` (contract §6.1): disabled (8443 answers 404), permissive (both
+    /// ports serve), strict (8080 answers 404 but to probes). The cluster's `config-features`
+    /// flag of the same name overrides it while it is set.
+    #[arg(
+        long,
+        env = "TRANSPORT_ENCRYPTION",
+        value_enum,
+        default_value = "disabled"
+    )]
+    pub transport_encryption: Encryption,
+
+    /// PEM CA certificates trusted for https targets besides the system roots (every file of
+    /// the directory; missing: none), as upstream's /knative-custom-certs.
+    #[arg(
+        long,
+        env = "IMC_CUSTOM_CERTS_DIR",
+        default_value = "/knative-custom-certs",
+        value_name = "DIR"
+    )]
+    pub custom_certs_dir: PathBuf,
 
     /// Address of the metrics and health endpoint.
     #[arg(

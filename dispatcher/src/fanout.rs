@@ -189,8 +189,9 @@ async fn attempts(
                 Err(_) => AttemptEnd::Error("transport"),
             };
             let at = (&*chan.namespace, &*chan.name);
+            let target = (&*dest.host, dest.port, dest.scheme());
             dest.series
-                .attempt(&w.metrics, &dest.host, dest.port, at, end, t.elapsed());
+                .attempt(&w.metrics, target, at, end, t.elapsed());
         }
         let failure = match result {
             Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp),

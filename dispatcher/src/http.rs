@@ -1005,6 +1005,11 @@ pub mod answer {
     /// D1: an unknown channel is 404 (upstream: 500).
     pub const UNKNOWN_CHANNEL: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
     pub const READY: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+    /// A kubelet probe on the https port: 200, empty (upstream configures no checker there).
+    pub const TLS_PROBE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    /// The port `transport-encryption` closes (8443 while disabled, 8080 while strict): Go's
+    /// `http.NotFound`, as upstream answers.
+    pub const ENCRYPTION_GATE: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 19\r\n\r\n404 page not found\n";
     pub const NOT_READY: &[u8] =
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nnot ready";
     pub const NETWORK_PROBE_NO_HASH: &[u8] =

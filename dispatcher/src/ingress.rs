@@ -12,20 +12,22 @@
 use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::io::Canceller;
 use monoio::net::TcpStream;
+use rustls::ServerConfig;
 
-use crate::buffer::{make_room, read_into};
+use crate::buffer::make_room;
 use crate::cloudevent::{write_binary_head, CeLimits};
 use crate::delivery::put_content_length;
 use crate::fanout::{fan_out, OutEvent, WATCHDOG};
 use crate::http::{answer, parse_request, ChunkError, ChunkedDecoder, Method, Probe, RequestHead};
 use crate::routing::{key_of, Channel};
+use crate::stream::{Stream, TlsStream};
 use crate::worker::{BodyCharge, Worker};
 
 /// Initial and minimum read size of a client connection; grows to fit larger requests.
@@ -62,7 +64,7 @@ struct Connection {
     worker: Rc<Worker>,
     /// The request being served, when it is recorded (not for probes or with `--no-metrics`).
     pending: Option<Pending>,
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     head: RequestHead,
     /// The client closed its side while its event was being delivered: answer, then close.
@@ -73,9 +75,21 @@ struct Connection {
     out: Vec<u8>,
 }
 
-/// Serves one client connection until it closes, misbehaves or times out.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
+/// Serves one client connection until it closes, misbehaves or times out. With `tls` (the https
+/// port) the handshake runs first, within the header read timeout; a failed one is logged (at
+/// most once a second) and closes the connection.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, tls: Option<Arc<ServerConfig>>) {
     let _ = stream.set_nodelay(true);
+    let stream = match tls {
+        None => Stream::Plain(stream),
+        Some(config) => match handshake(&worker, stream, config).await {
+            Some(s) => s,
+            None => {
+                worker.conn_closed();
+                return;
+            }
+        },
+    };
     let mut conn = Connection {
         worker: worker.clone(),
         pending: None,
@@ -103,7 +117,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream) {
 
 impl Connection {
     async fn read_more(&mut self, want: usize, timeout: Duration) -> Result<usize, ReadStop> {
-        let read = read_into(&mut self.stream, &mut self.buf, want, READ_CHUNK);
+        let read = self.stream.read_into(&mut self.buf, want, READ_CHUNK);
         match monoio::time::timeout(timeout, read).await {
             Ok(Ok(0)) | Ok(Err(_)) => Err(ReadStop::Gone),
             Ok(Ok(n)) => Ok(n),
@@ -157,18 +171,16 @@ impl Connection {
         };
         let w = &self.worker;
         let elapsed = p.start.elapsed();
+        let key = (p.method, status, self.stream.is_tls());
         match &p.channel {
             Some(c) => c.ingress.record(
                 &w.metrics,
                 Some((&c.namespace, &c.name)),
-                p.method,
-                status,
+                key,
                 p.body,
                 elapsed,
             ),
-            None => w
-                .no_channel
-                .record(&w.metrics, None, p.method, status, p.body, elapsed),
+            None => w.no_channel.record(&w.metrics, None, key, p.body, elapsed),
         }
     }
 
@@ -262,6 +274,15 @@ impl Connection {
 
         // 2. What the request is: a probe, a bad path, an unknown channel, or an event.
         let channel = match self.head.probe.clone() {
+            // Contract §1.4: on the https port a kubelet probe gets 200 (no checker there).
+            Probe::Kubelet if self.stream.is_tls() => {
+                let bytes = if w.draining.get() {
+                    answer::SHUTTING_DOWN
+                } else {
+                    answer::TLS_PROBE
+                };
+                return self.finish_without_body(bytes, keep_alive).await;
+            }
             Probe::Kubelet => {
                 let ready = w.hub.is_ready();
                 return self
@@ -282,6 +303,13 @@ impl Connection {
                         .await;
                 };
                 return self.network_probe(&head[hash], keep_alive).await;
+            }
+            // Contract §6.1: the port `transport-encryption` closes answers 404 to all but
+            // probes (8443 after the handshake while disabled, 8080 while strict).
+            Probe::None if !w.serves(self.stream.is_tls()) => {
+                return self
+                    .finish_without_body(answer::ENCRYPTION_GATE, keep_alive)
+                    .await;
             }
             Probe::None => {
                 if w.metrics.enabled {
@@ -467,11 +495,8 @@ impl Connection {
         }
         make_room(&mut self.buf, 1024, READ_CHUNK);
         let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
         let canceller = Canceller::new();
-        let mut read = pin!(self
-            .stream
-            .cancelable_read(buf.slice_mut(len..), canceller.handle()));
+        let mut read = pin!(self.stream.watch_read(buf, canceller.handle()));
         let mut watchdog = pin!(monoio::time::sleep(WATCHDOG.saturating_sub(WATCH_AFTER)));
         enum First<R> {
             Delivered(bool),
@@ -492,8 +517,8 @@ impl Connection {
         })
         .await;
         let outcome = match first {
-            First::Client((res, slice)) => {
-                self.buf = slice.into_inner();
+            First::Client((res, buf)) => {
+                self.buf = buf;
                 return match res {
                     // Pipelined bytes, not a disconnect: keep them, wait for the fan-out alone.
                     Ok(n) if n > 0 => {
@@ -508,8 +533,8 @@ impl Connection {
         // The watch read is still pending: cancel it and take the buffer back (with any bytes
         // that arrived in the meantime).
         let _ = canceller.cancel();
-        let (res, slice) = read.await;
-        self.buf = slice.into_inner();
+        let (res, buf) = read.await;
+        self.buf = buf;
         if matches!(res, Ok(0)) {
             self.peer_closed = true;
         }
@@ -643,6 +668,27 @@ impl Connection {
         self.out = out;
         res.is_ok() && keep_alive
     }
+}
+
+/// The server side of the https port's handshake.
+async fn handshake(worker: &Worker, tcp: TcpStream, config: Arc<ServerConfig>) -> Option<Stream> {
+    let conn = match rustls::ServerConnection::new(config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "TLS connection refused");
+            return None;
+        }
+    };
+    let mut tls = TlsStream::new(tcp, rustls::Connection::Server(conn));
+    let why = match monoio::time::timeout(worker.limits.header_timeout, tls.handshake()).await {
+        Ok(Ok(())) => return Some(Stream::Tls(Box::new(tls))),
+        Ok(Err(e)) => crate::tls::describe(&e),
+        Err(_) => "timeout".to_owned(),
+    };
+    if let Some(suppressed) = worker.tls_log.allow() {
+        tracing::info!(reason = %why, suppressed, "TLS handshake on the https ingress failed");
+    }
+    None
 }
 
 /// How long the next read of a body may wait: until the body's deadline (`total` from its first

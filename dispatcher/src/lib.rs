@@ -19,6 +19,9 @@
 //! - [`delivery`]: the per-subscriber delivery policy (retry, backoff, timeout) and the
 //!   classification of a failed attempt.
 //! - [`buffer`]: connection read buffers: where they grow and how they are read into.
+//! - [`stream`]: a connection's byte stream: plain TCP, or TLS (rustls) over it.
+//! - [`tls`]: TLS settings (`TLS_*`), the trust of https targets, the 8443 certificate and its
+//!   reload.
 //! - [`pool`]: per-worker keep-alive HTTP/1.1 connection pools to subscribers, and the client call.
 //! - [`fanout`]: one event to every subscriber of a channel, concurrently, sharing one body.
 //! - [`metrics`]: Prometheus series in per-worker single-writer cells, merged when scraped; the
@@ -43,4 +46,6 @@ pub mod metrics;
 pub mod pool;
 pub mod routing;
 pub mod source;
+pub mod stream;
+pub mod tls;
 pub mod worker;

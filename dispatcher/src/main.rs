@@ -10,10 +10,14 @@ use imc_dispatcher::channels::Hub;
 use imc_dispatcher::config::{Args, LogFormat};
 use imc_dispatcher::control::{ControlSource, CHILD_PID};
 use imc_dispatcher::source::FileSource;
+use imc_dispatcher::tls::{ClientTrust, ServerCert, Settings};
 use imc_dispatcher::worker::{self, Driver, WorkerSpec};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use tracing_subscriber::EnvFilter;
+
+/// How often the https ingress's certificate files are re-read.
+const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 // One allocator for all cores, with per-thread heaps: allocation on a core never contends.
 #[global_allocator]
@@ -110,7 +114,50 @@ fn main() -> ExitCode {
         "ingress listening"
     );
 
+    // TLS, both directions: the TLS_* settings (a bad value stops start-up), the trust of https
+    // targets, and the https ingress with its certificate (watched: rotation needs no restart).
+    let tls_settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    ClientTrust::load(tls_settings.clone(), &args.custom_certs_dir).install();
+    let server_cert = Arc::new(ServerCert::default());
+    let tls_config = match imc_dispatcher::tls::server_config(&tls_settings, server_cert.clone()) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            if let Err(e) = imc_dispatcher::tls::watch_server_cert(
+                cert.clone(),
+                key.clone(),
+                tls_settings.provider(),
+                server_cert.clone(),
+                CERT_POLL,
+            ) {
+                tracing::error!(error = %e, "cannot start the certificate watcher");
+                return ExitCode::from(1);
+            }
+        }
+        _ => tracing::info!("no --tls-cert/--tls-key: https ingress handshakes fail until a certificate is configured"),
+    }
+    let (tls_listeners, tls_addr) = match worker::bind_listeners(args.tls_listen, workers) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %args.tls_listen, error = %e, "cannot bind the https ingress");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(addr = %tls_addr, "https ingress listening");
+
     let hub = Arc::new(Hub::new(workers));
+    hub.set_default_encryption(args.transport_encryption);
     if let Err(e) = spawn_signal_thread(hub.clone()) {
         tracing::error!(error = %e, "cannot install signal handlers");
         return ExitCode::from(1);
@@ -200,11 +247,13 @@ fn main() -> ExitCode {
     let blocking = monoio::blocking::DefaultThreadPool::new(2);
     let limits = args.limits();
     let mut handles = Vec::with_capacity(workers);
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, (listener, tls_listener)) in listeners.into_iter().zip(tls_listeners).enumerate() {
         let spec = WorkerSpec {
             id,
             driver,
             listener,
+            tls_listener,
+            tls_config: tls_config.clone(),
             hub: hub.clone(),
             limits,
             max_idle_per_host: args.idle_per_destination(),

@@ -509,9 +509,11 @@ pub fn serve(
     }
 }
 
-/// Ingress series of one channel (or of requests that found none), by method and status.
+/// Ingress series of one channel (or of requests that found none), by method, status and port
+/// (`true`: the https one). `imc_events_received_total` has no scheme label: both ports share its
+/// cell (the registry hands out one cell per family and labels).
 #[derive(Default)]
-pub struct IngressSeries(ByKey<(u8, u16), IngressCells>);
+pub struct IngressSeries(ByKey<(u8, u16, bool), IngressCells>);
 
 #[derive(Clone)]
 struct IngressCells {
@@ -536,19 +538,18 @@ impl IngressSeries {
         &self,
         rec: &Recorder,
         chan: Option<(&str, &str)>,
-        method: u8,
-        status: u16,
+        (method, status, tls): (u8, u16, bool),
         body: u64,
         elapsed: Duration,
     ) {
-        let cells = self.0.get((method, status), || {
+        let cells = self.0.get((method, status, tls), || {
             let code = status.to_string();
             let mut l: Vec<(&str, &str)> = vec![
                 ("http_request_method", method_label(method)),
                 ("http_response_status_code", &code),
                 ("network_protocol_name", "http"),
                 ("network_protocol_version", "1.1"),
-                ("url_scheme", "http"),
+                ("url_scheme", if tls { "https" } else { "http" }),
             ];
             let mut own: Vec<(&str, &str)> = vec![("code", &code)];
             if let Some((ns, name)) = chan {
@@ -666,8 +667,7 @@ impl TargetSeries {
     pub fn attempt(
         &self,
         rec: &Recorder,
-        host: &str,
-        port: u16,
+        (host, port, scheme): (&str, u16, &str),
         chan: (&str, &str),
         end: AttemptEnd,
         elapsed: Duration,
@@ -689,7 +689,7 @@ impl TargetSeries {
                         ("http_request_method", "POST"),
                         ("server_address", host),
                         ("server_port", &port),
-                        ("url_scheme", "http"),
+                        ("url_scheme", scheme),
                         ("network_protocol_name", "http"),
                         ("network_protocol_version", "1.1"),
                         (k, v),

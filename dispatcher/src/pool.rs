@@ -8,6 +8,11 @@
 //! event head (for a dead-letter request: the attributes and then the error extensions), and the
 //! body, written with one `writev`. Finding a target's idle connections does not hash: each
 //! [`Dest`] keeps a handle to its authority's idle list, looked up once per routing table.
+//!
+//! https targets go over the same pools: the pool key holds the target's trust set, the idle list
+//! holds this worker's client configuration for it (with the worker's TLS session cache, so that
+//! new connections resume), and a connection is a [`Stream::Tls`] whose handshake ran in
+//! `connect`. A handshake or certificate failure is a transport failure, retried by policy.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,17 +27,22 @@ use bytes::{Buf, Bytes, BytesMut};
 use monoio::buf::IoVecBuf;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
+use rustls::client::ClientSessionMemoryCache;
+use rustls::ClientConfig;
 
-use crate::buffer::read_into;
 use crate::delivery::Failure;
 use crate::http::{parse_response, ChunkedDecoder, HeadScan};
 use crate::metrics::WorkerRegistry;
 use crate::routing::Dest;
+use crate::stream::{Stream, TlsStream};
+use crate::worker::Throttle;
 
 /// Go's default transport: idle pooled connections are closed after 90 s.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Go's default dialer timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Go's default transport `TLSHandshakeTimeout`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DNS_TTL: Duration = Duration::from_secs(30);
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
 /// Responses are usually a few hundred bytes; the buffer grows for larger ones.
@@ -50,7 +60,7 @@ pub struct Response {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     iov: Vec<libc::iovec>,
     idle_since: Instant,
@@ -59,7 +69,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Conn {
+    fn new(stream: Stream) -> Conn {
         Conn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -72,14 +82,17 @@ impl Conn {
     /// Whether an idle connection can carry a request: the peer has sent nothing since its last
     /// response (bytes would be an unsolicited response that the next request would be blamed
     /// for, and EOF a connection it closed). One non-blocking `recv` with `MSG_PEEK`, per reuse.
-    fn is_clean(&self) -> bool {
+    fn is_clean(&mut self) -> bool {
+        if self.stream.has_buffered_input() {
+            return false;
+        }
         let mut byte = 0u8;
         // SAFETY: `recv` writes at most one byte into `byte`, which outlives the call; the fd is
         // this connection's open socket, and an idle connection has no operation in flight that
         // could race with the peek (MSG_PEEK leaves the socket's data where it is).
         let n = unsafe {
             libc::recv(
-                self.stream.as_raw_fd(),
+                self.stream.tcp().as_raw_fd(),
                 (&mut byte as *mut u8).cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -89,7 +102,7 @@ impl Conn {
     }
 
     async fn read_more(&mut self, want: usize) -> io::Result<usize> {
-        read_into(&mut self.stream, &mut self.buf, want, READ_CHUNK).await
+        self.stream.read_into(&mut self.buf, want, READ_CHUNK).await
     }
 }
 
@@ -165,10 +178,14 @@ struct DnsEntry {
     expires: Instant,
 }
 
-/// The idle connections to one authority (`host:port`), most recently used last. Every [`Dest`]
-/// of a worker that points at that authority holds the same list (see [`Dest::idle`]).
-#[derive(Default)]
-pub struct IdleList(RefCell<Vec<Conn>>);
+/// The idle connections to one authority (`host:port`, for https with its trust set), most
+/// recently used last. Every [`Dest`] of a worker that points at that authority holds the same
+/// list (see [`Dest::idle`]).
+pub struct IdleList {
+    conns: RefCell<Vec<Conn>>,
+    /// https: this worker's client configuration of the target's trust set (made once, here).
+    tls: Option<Arc<ClientConfig>>,
+}
 
 /// One worker's connections to every upstream authority.
 pub struct Pool {
@@ -178,6 +195,10 @@ pub struct Pool {
     max_response_body: usize,
     /// Hits, misses and the idle count are exported from here.
     stats: Arc<WorkerRegistry>,
+    /// This worker's TLS sessions with https targets, for resumption.
+    sessions: Arc<ClientSessionMemoryCache>,
+    /// Failed handshakes are logged at most once a second per worker.
+    tls_log: Throttle,
 }
 
 impl Pool {
@@ -192,6 +213,8 @@ impl Pool {
             max_idle_per_host,
             max_response_body,
             stats,
+            sessions: crate::tls::worker_sessions(),
+            tls_log: Throttle::default(),
         }
     }
 
@@ -204,11 +227,8 @@ impl Pool {
         extra: &Bytes,
         body: &Bytes,
     ) -> Result<Response, Failure> {
-        if dest.tls {
-            return Err(Failure::Transport(format!(
-                "{}: https targets need TLS, which this build does not include",
-                dest.url
-            )));
+        if let Some(Err(e)) = &dest.tls {
+            return Err(Failure::Transport(format!("{}: {e}", dest.url)));
         }
         let idle = self.idle_list(dest);
         let pooled = self.take(idle);
@@ -230,7 +250,7 @@ impl Pool {
                 Err(ExchangeError::Failed(f)) => return Err(f),
             }
         }
-        let mut conn = self.connect(dest).await?;
+        let mut conn = self.connect(dest, idle).await?;
         match self.exchange(&mut conn, dest, [head, extra, body]).await {
             Ok((resp, keep)) => {
                 if keep {
@@ -251,7 +271,15 @@ impl Pool {
             self.idle
                 .borrow_mut()
                 .entry(dest.key.as_ref().into())
-                .or_default()
+                .or_insert_with(|| {
+                    Rc::new(IdleList {
+                        conns: RefCell::default(),
+                        tls: match &dest.tls {
+                            Some(Ok(t)) => Some(t.for_worker(&self.sessions)),
+                            _ => None,
+                        },
+                    })
+                })
                 .clone()
         })
     }
@@ -259,9 +287,9 @@ impl Pool {
     /// The most recently used idle connection that is still clean (see [`Conn::is_clean`]);
     /// expired and dirty ones are closed on the way.
     fn take(&self, idle: &IdleList) -> Option<Conn> {
-        let mut list = idle.0.borrow_mut();
+        let mut list = idle.conns.borrow_mut();
         let gauge = &self.stats.pool_idle;
-        while let Some(conn) = list.pop() {
+        while let Some(mut conn) = list.pop() {
             if conn.idle_since.elapsed() >= IDLE_TIMEOUT {
                 // Most recently used first: anything older than an expired one is older still.
                 gauge.set(gauge.get() - 1 - list.len() as u64);
@@ -278,7 +306,7 @@ impl Pool {
     }
 
     fn put(&self, idle: &IdleList, mut conn: Conn) {
-        let mut list = idle.0.borrow_mut();
+        let mut list = idle.conns.borrow_mut();
         if list.len() < self.max_idle_per_host {
             conn.idle_since = Instant::now();
             list.push(conn);
@@ -331,7 +359,7 @@ impl Pool {
         Ok(addrs)
     }
 
-    async fn connect(&self, dest: &Dest) -> Result<Conn, Failure> {
+    async fn connect(&self, dest: &Dest, idle: &IdleList) -> Result<Conn, Failure> {
         let addrs = self.resolve(dest).await?;
         let mut last = String::new();
         for addr in addrs.iter() {
@@ -339,13 +367,46 @@ impl Pool {
                 Ok(Ok(stream)) => {
                     // Whole requests go out in one write; Nagle would only add latency.
                     let _ = stream.set_nodelay(true);
-                    return Ok(Conn::new(stream));
+                    return match (&dest.tls, &idle.tls) {
+                        (Some(Ok(t)), Some(config)) => {
+                            self.handshake(dest, stream, config, t).await
+                        }
+                        _ => Ok(Conn::new(Stream::Plain(stream))),
+                    };
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "i/o timeout".into(),
             }
         }
         Err(Failure::Transport(format!("dial tcp {}: {last}", dest.key)))
+    }
+
+    /// The TLS handshake with an https target: SNI and verification against the target's host,
+    /// resuming a session of this worker's cache when the target gave one.
+    async fn handshake(
+        &self,
+        dest: &Dest,
+        tcp: TcpStream,
+        config: &Arc<ClientConfig>,
+        tls: &crate::tls::ClientTls,
+    ) -> Result<Conn, Failure> {
+        let conn = rustls::ClientConnection::new(config.clone(), tls.name.clone())
+            .map_err(|e| Failure::Transport(format!("tls with {}: {e}", dest.url)))?;
+        let mut stream = TlsStream::new(tcp, rustls::Connection::Client(conn));
+        let reason = match monoio::time::timeout(HANDSHAKE_TIMEOUT, stream.handshake()).await {
+            Ok(Ok(())) => return Ok(Conn::new(Stream::Tls(Box::new(stream)))),
+            Ok(Err(e)) => crate::tls::describe(&e),
+            Err(_) => "timeout".to_owned(),
+        };
+        // Logged here, whatever the delivery's outcome (a dead-letter sink may still take the
+        // event): a certificate problem is the operator's to fix.
+        if let Some(suppressed) = self.tls_log.allow() {
+            tracing::warn!(url = %dest.url, reason = %reason, suppressed, "TLS handshake with an https target failed");
+        }
+        Err(Failure::Transport(format!(
+            "tls handshake with {}: {reason}",
+            dest.url
+        )))
     }
 
     async fn exchange(
@@ -364,18 +425,28 @@ impl Pool {
                 body.clone(),
             ],
         );
-        while !frame.is_empty() {
-            let (res, f) = conn.stream.writev(frame).await;
-            frame = f;
-            match res {
-                Ok(0) => {
-                    return Err(ExchangeError::Closed(
-                        "connection closed while writing".into(),
-                    ))
+        match &mut conn.stream {
+            Stream::Plain(tcp) => {
+                while !frame.is_empty() {
+                    let (res, f) = tcp.writev(frame).await;
+                    frame = f;
+                    match res {
+                        Ok(0) => {
+                            return Err(ExchangeError::Closed(
+                                "connection closed while writing".into(),
+                            ))
+                        }
+                        Ok(n) => frame.advance(n),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(ExchangeError::Closed(format!("write: {e}"))),
+                    }
                 }
-                Ok(n) => frame.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ExchangeError::Closed(format!("write: {e}"))),
+            }
+            Stream::Tls(tls) => {
+                let [a, b, c, d] = &frame.parts;
+                if let Err(e) = tls.write_parts(&[a, b, c, d]).await {
+                    return Err(ExchangeError::Closed(format!("write: {e}")));
+                }
             }
         }
         conn.iov = frame.into_iov();

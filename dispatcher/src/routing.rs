@@ -20,17 +20,22 @@ use crate::delivery::DeliveryPolicy;
 use crate::imc::{ChannelConfig, Target};
 use crate::metrics::{IngressSeries, SubscriberNames, SubscriberSeries, TargetSeries};
 use crate::pool::IdleList;
+use crate::tls::{ClientTls, ClientTrust};
 
 /// A delivery target as every worker shares it: its pool key and the fixed start of every
 /// request to it. Built off the cores; read-only after that.
 #[derive(Debug)]
 pub struct DestSpec {
     pub url: Box<str>,
-    /// `host:port`: the connection pool key.
+    /// The connection pool key: `host:port`, or for https `https://host:port#<trust set>` (a
+    /// connection verified against one trust set never carries a request for another).
     pub key: Box<str>,
     pub host: Box<str>,
     pub port: u16,
-    pub tls: bool,
+    /// https: the client configuration of the target's trust set and its server name, or why
+    /// there is none (its `…CACerts` do not parse, its host is no TLS name): every delivery to it
+    /// then fails as a transport failure with that reason.
+    pub tls: Option<Result<ClientTls, Box<str>>>,
     /// `POST <path> HTTP/1.1`, `Host`, and the per-channel headers, written once per change.
     pub prefix: Bytes,
 }
@@ -51,13 +56,37 @@ impl DestSpec {
         p.put_slice(b"Kn-Namespace: ");
         p.put_slice(namespace.as_bytes());
         p.put_slice(b"\r\n");
+        let tls = t.tls.then(|| {
+            ClientTrust::get()
+                .client_for(&t.host, t.ca_certs.as_deref())
+                .map_err(|e| {
+                    tracing::warn!(url = %t.url, error = %e, "https target unusable; its deliveries fail");
+                    e.into_boxed_str()
+                })
+        });
+        let key = match &tls {
+            Some(Ok(c)) => format!("https://{}:{}#{}", t.host, t.port, c.trust_id),
+            Some(Err(_)) => format!("https://{}:{}#invalid", t.host, t.port),
+            None => format!("{}:{}", t.host, t.port),
+        };
         DestSpec {
             url: t.url.as_str().into(),
-            key: format!("{}:{}", t.host, t.port).into(),
+            key: key.into(),
             host: t.host.as_str().into(),
             port: t.port,
-            tls: t.tls,
+            tls,
             prefix: p.freeze(),
+        }
+    }
+}
+
+impl DestSpec {
+    /// `url_scheme` of its client metrics.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 }

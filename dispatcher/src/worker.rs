@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use monoio::blocking::DefaultThreadPool;
 use monoio::net::TcpListener;
+use rustls::ServerConfig;
 
 use crate::channels::Hub;
-use crate::config::{IoDriver, Limits};
+use crate::config::{Encryption, IoDriver, Limits};
 use crate::metrics::{IngressSeries, Recorder, WorkerRegistry};
 use crate::pool::Pool;
 use crate::routing::{Channel, Table};
@@ -272,6 +273,10 @@ pub struct Worker {
     last_tick: Cell<Instant>,
     pub bad_input_log: Throttle,
     pub delivery_log: Throttle,
+    /// Failed handshakes on the https port.
+    pub tls_log: Throttle,
+    /// `transport-encryption` as this worker last copied it from the hub (on its tick).
+    encryption: Cell<Encryption>,
 }
 
 /// Deliveries held in flight; released when dropped (also when a cancelled fan-out is dropped).
@@ -435,6 +440,17 @@ impl Worker {
         }
     }
 
+    /// Contract §6.1: whether the port a request came in on serves events now (`tls`: 8443).
+    #[inline]
+    pub fn serves(&self, tls: bool) -> bool {
+        let mode = self.encryption.get();
+        if tls {
+            mode.tls_serves()
+        } else {
+            mode.plain_serves()
+        }
+    }
+
     pub fn active_request(&self) -> Active<'_> {
         self.active.set(self.active.get() + 1);
         Active(&self.active)
@@ -490,6 +506,9 @@ pub struct WorkerSpec {
     pub id: usize,
     pub driver: Driver,
     pub listener: std::net::TcpListener,
+    /// The https port's listener and its server configuration.
+    pub tls_listener: std::net::TcpListener,
+    pub tls_config: Arc<ServerConfig>,
     pub hub: Arc<Hub>,
     pub limits: Limits,
     pub max_idle_per_host: usize,
@@ -539,9 +558,10 @@ pub fn run(spec: WorkerSpec) -> io::Result<usize> {
 
 async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
     let listener = TcpListener::from_std(spec.listener)?;
+    let tls_listener = TcpListener::from_std(spec.tls_listener)?;
     let worker = Rc::new(Worker {
         id: spec.id,
-        hub: spec.hub,
+        hub: spec.hub.clone(),
         limits: spec.limits,
         draining: Cell::new(false),
         max_inflight: spec.max_inflight.max(1),
@@ -566,12 +586,15 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
         last_tick: Cell::new(Instant::now()),
         bad_input_log: Throttle::default(),
         delivery_log: Throttle::default(),
+        tls_log: Throttle::default(),
+        encryption: Cell::new(spec.hub.encryption()),
     });
     let ticker = worker.clone();
     monoio::spawn(async move {
         loop {
             ticker.refresh();
             ticker.last_tick.set(Instant::now());
+            ticker.encryption.set(ticker.hub.encryption());
             // The drain flag is looked at here only, not on every request.
             if !ticker.draining.get() && ticker.hub.is_draining() {
                 ticker.draining.set(true);
@@ -580,7 +603,19 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
         }
     });
     {
-        let accepting = accept_loop(&worker, &listener);
+        let plain = accept_loop(&worker, &listener, None);
+        let tls = accept_loop(&worker, &tls_listener, Some(spec.tls_config.clone()));
+        let accepting = async {
+            let (mut plain, mut tls) = (std::pin::pin!(plain), std::pin::pin!(tls));
+            std::future::poll_fn(|cx| {
+                if plain.as_mut().poll(cx).is_ready() || tls.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await
+        };
         let drain = async {
             while !worker.draining.get() {
                 monoio::time::sleep(TICK).await;
@@ -599,6 +634,7 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
     // D13: stop accepting (once every worker has closed its listener the port refuses
     // connections), finish what was accepted, then let idle connections go with the runtime.
     drop(listener);
+    drop(tls_listener);
     let deadline = Instant::now() + spec.shutdown_grace;
     tracing::info!(
         worker = spec.id,
@@ -618,7 +654,7 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
     }
 }
 
-async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
+async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener, tls: Option<Arc<ServerConfig>>) {
     let accept_log = Throttle::default();
     loop {
         match listener.accept().await {
@@ -636,7 +672,7 @@ async fn accept_loop(worker: &Rc<Worker>, listener: &TcpListener) {
                     drop(stream);
                     continue;
                 }
-                monoio::spawn(crate::ingress::serve(worker.clone(), stream));
+                monoio::spawn(crate::ingress::serve(worker.clone(), stream, tls.clone()));
             }
             Err(e) => {
                 if let Some(suppressed) = accept_log.allow() {

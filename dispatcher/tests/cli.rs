@@ -30,6 +30,11 @@ fn help_documents_every_flag_and_its_variable() {
         ("--header-read-timeout", "IMC_HEADER_READ_TIMEOUT"),
         ("--idle-timeout", "IMC_IDLE_TIMEOUT"),
         ("--log-format", "IMC_LOG_FORMAT"),
+        ("--tls-listen", "IMC_TLS_LISTEN"),
+        ("--tls-cert", "IMC_TLS_CERT"),
+        ("--tls-key", "IMC_TLS_KEY"),
+        ("--transport-encryption", "TRANSPORT_ENCRYPTION"),
+        ("--custom-certs-dir", "IMC_CUSTOM_CERTS_DIR"),
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         assert!(help.contains(var), "--help lacks {var}:\n{help}");
@@ -56,6 +61,34 @@ fn missing_channels_path_is_refused_with_the_path() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/imc.yaml"));
+}
+
+#[test]
+fn bad_tls_settings_are_refused_with_the_variable() {
+    for (var, value) in [
+        ("TLS_MIN_VERSION", "1.1"),
+        ("TLS_CIPHER_SUITES", "TLS_NOT_A_SUITE"),
+        ("TLS_CURVE_PREFERENCES", "CurveP521"),
+    ] {
+        let out = run(
+            &[
+                "--channels",
+                "/dev/null",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+            &[(var, value)],
+        );
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var), "{var}={value}: {err}");
+    }
+    let out = run(&["--transport-encryption", "sometimes"], &[]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
@@ -89,6 +122,7 @@ impl Started {
                 "127.0.0.1:0",
             ])
             .args(["--metrics-listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--tls-listen", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -59,6 +59,12 @@ pub struct SubscriberSpec {
     pub subscriber_uri: Option<String>,
     #[serde(default)]
     pub reply_uri: Option<String>,
+    /// PEM CA certificates an https `subscriberUri` is also trusted with (contract §6.5).
+    #[serde(default, rename = "subscriberCACerts")]
+    pub subscriber_ca_certs: Option<String>,
+    /// PEM CA certificates an https `replyUri` is also trusted with.
+    #[serde(default, rename = "replyCACerts")]
+    pub reply_ca_certs: Option<String>,
     #[serde(default)]
     pub delivery: Option<DeliverySpec>,
 }
@@ -84,6 +90,9 @@ pub struct DeliverySpec {
 pub struct Destination {
     #[serde(default)]
     pub uri: Option<String>,
+    /// PEM CA certificates an https `uri` is also trusted with (duckv1.Destination's `CACerts`).
+    #[serde(default, rename = "CACerts")]
+    pub ca_certs: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -180,6 +189,10 @@ pub struct Target {
     /// Path and query, `/` when empty.
     pub path: String,
     pub tls: bool,
+    /// The target's own PEM CA certificates (`subscriberCACerts`, `replyCACerts`,
+    /// `deadLetterSink.CACerts`), trusted besides the system's and the custom ones; only read
+    /// for https targets.
+    pub ca_certs: Option<String>,
 }
 
 impl Target {
@@ -226,7 +239,14 @@ impl Target {
             authority: authority.as_str().to_owned(),
             path,
             tls,
+            ca_certs: None,
         })
+    }
+
+    /// The target with its own CA certificates (empty PEM: none).
+    pub fn with_ca_certs(mut self, pem: Option<&str>) -> Target {
+        self.ca_certs = pem.filter(|p| !p.trim().is_empty()).map(str::to_owned);
+        self
     }
 }
 
@@ -287,19 +307,23 @@ impl ChannelConfig {
                     .transpose()
                     .map_err(|e| format!("{}: {e}", at(field)))
             };
-            let mut target = parse("subscriberUri", &s.subscriber_uri)?;
-            let mut reply = parse("replyUri", &s.reply_uri)?;
+            let mut target = parse("subscriberUri", &s.subscriber_uri)?
+                .map(|t| t.with_ca_certs(s.subscriber_ca_certs.as_deref()));
+            let mut reply = parse("replyUri", &s.reply_uri)?
+                .map(|t| t.with_ca_certs(s.reply_ca_certs.as_deref()));
             // D15: a reply-only subscriber delivers to its reply target, as the spec says.
             if target.is_none() {
                 target = reply.take();
             }
+            let dls = s
+                .delivery
+                .as_ref()
+                .and_then(|d| d.dead_letter_sink.as_ref());
             let dead_letter = parse(
                 "delivery.deadLetterSink.uri",
-                &s.delivery
-                    .as_ref()
-                    .and_then(|d| d.dead_letter_sink.as_ref())
-                    .and_then(|d| d.uri.clone()),
-            )?;
+                &dls.and_then(|d| d.uri.clone()),
+            )?
+            .map(|t| t.with_ca_certs(dls.and_then(|d| d.ca_certs.as_deref())));
             let policy = DeliveryPolicy::from_spec(s.delivery.as_ref())
                 .map_err(|e| format!("{}: {e}", at("delivery")))?;
             subscribers.push(SubscriberConfig {

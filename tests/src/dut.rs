@@ -170,6 +170,7 @@ impl DutBuilder {
         let mut child = Command::new(&bin)
             .args(&source_args)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--tls-listen", "127.0.0.1:0"])
             .args(["--workers", &self.workers.to_string()])
             .args(["--io-driver", self.driver.as_arg()])
             .args(["--log-format", "text"])
@@ -188,10 +189,12 @@ impl DutBuilder {
             child,
             logs,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             channels,
             root,
         };
         dut.addr = dut.wait_for_ingress();
+        dut.tls_addr = dut.wait_for_line("https ingress listening", tls_ingress_addr);
         dut
     }
 }
@@ -201,6 +204,7 @@ pub struct Dut {
     child: Child,
     logs: Arc<Logs>,
     addr: SocketAddr,
+    tls_addr: SocketAddr,
     channels: PathBuf,
     root: TempDir,
 }
@@ -228,6 +232,11 @@ impl Dut {
     /// The ingress address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The https ingress address (`--tls-listen`).
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
     }
 
     #[track_caller]
@@ -456,11 +465,16 @@ impl Dut {
     }
 
     fn wait_for_ingress(&mut self) -> SocketAddr {
+        self.wait_for_line("ingress listening ... addr=", ingress_addr)
+    }
+
+    /// Waits for the first log line `parse` finds an address in; panics naming `what`.
+    fn wait_for_line(&mut self, what: &str, parse: fn(&str) -> Option<SocketAddr>) -> SocketAddr {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             {
                 let lines = self.logs.lines.lock().unwrap();
-                if let Some(addr) = lines.iter().find_map(|l| ingress_addr(l)) {
+                if let Some(addr) = lines.iter().find_map(|l| parse(l)) {
                     return addr;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -480,7 +494,7 @@ impl Dut {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "no `ingress listening ... addr=` line within {START_TIMEOUT:?}\nlogs:\n{}",
+                    "no `{what}` line within {START_TIMEOUT:?}\nlogs:\n{}",
                     self.logs().join("\n")
                 );
             }
@@ -523,9 +537,20 @@ fn read_logs(stderr: ChildStderr, logs: &Logs) {
 
 /// The address in an `ingress listening ... addr=127.0.0.1:PORT` line.
 fn ingress_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("ingress listening") {
+    if !line.contains("ingress listening") || line.contains("https ingress listening") {
         return None;
     }
+    addr_field(line)
+}
+
+fn tls_ingress_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("https ingress listening") {
+        return None;
+    }
+    addr_field(line)
+}
+
+fn addr_field(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("addr=")? + "addr=".len()..];
     let value = rest.split(|c: char| c.is_whitespace() || c == ',').next()?;
     value.trim_matches('"').parse().ok()

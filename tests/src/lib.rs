@@ -24,6 +24,7 @@
 //!   and Docker containers, networks and seccomp profiles for the tests that run it.
 //! - [`fixtures`]: channel C1 and event E1 from contract §7, and the "delivered as binary E1" check.
 //! - [`text`]: base64, JSON strings and HTTP dates, for expected values.
+//! - [`tls`]: a test CA (rcgen), an https sink and a TLS client, for the TLS suite.
 //! - `wire`: reading HTTP/1.1 messages, shared by the client and the sinks.
 //!
 //! Every test runs once per I/O driver: write `fn property_name(driver: Driver)` and list it in
@@ -40,6 +41,7 @@ pub mod manifest;
 pub mod rogue;
 pub mod sink;
 pub mod text;
+pub mod tls;
 mod wire;
 
 use std::net::{SocketAddr, TcpListener};

@@ -17,6 +17,8 @@ pub struct Sub {
     generation: u64,
     subscriber_uri: Option<String>,
     reply_uri: Option<String>,
+    subscriber_ca_certs: Option<String>,
+    reply_ca_certs: Option<String>,
     delivery: Delivery,
     delivery_yaml: Option<String>,
 }
@@ -30,6 +32,7 @@ struct Delivery {
     timeout: Option<String>,
     retry_after_max: Option<String>,
     dead_letter_sink: Option<String>,
+    dead_letter_ca_certs: Option<String>,
 }
 
 impl Delivery {
@@ -51,7 +54,14 @@ impl Delivery {
             }
         }
         if let Some(uri) = &self.dead_letter_sink {
-            fields.push(format!("deadLetterSink: {{uri: {}}}", quote(uri)));
+            match &self.dead_letter_ca_certs {
+                Some(pem) => fields.push(format!(
+                    "deadLetterSink: {{uri: {}, CACerts: {}}}",
+                    quote(uri),
+                    quote_multiline(pem)
+                )),
+                None => fields.push(format!("deadLetterSink: {{uri: {}}}", quote(uri))),
+            }
         }
         (!fields.is_empty()).then(|| format!("{{{}}}", fields.join(", ")))
     }
@@ -81,6 +91,8 @@ impl Sub {
             generation: 1,
             subscriber_uri: None,
             reply_uri: None,
+            subscriber_ca_certs: None,
+            reply_ca_certs: None,
             delivery: Delivery::default(),
             delivery_yaml: None,
         }
@@ -138,6 +150,24 @@ impl Sub {
         self
     }
 
+    /// `subscriberCACerts`: PEM CA certificates an https subscriber is trusted with.
+    pub fn subscriber_ca_certs(mut self, pem: &str) -> Sub {
+        self.subscriber_ca_certs = Some(pem.to_string());
+        self
+    }
+
+    /// `replyCACerts`.
+    pub fn reply_ca_certs(mut self, pem: &str) -> Sub {
+        self.reply_ca_certs = Some(pem.to_string());
+        self
+    }
+
+    /// `delivery.deadLetterSink.CACerts` (with [`Sub::dead_letter`]).
+    pub fn dead_letter_ca_certs(mut self, pem: &str) -> Sub {
+        self.delivery.dead_letter_ca_certs = Some(pem.to_string());
+        self
+    }
+
     /// The `delivery` object as raw YAML flow text, e.g. `{backoffDelay: garbage}`; replaces the
     /// typed fields.
     pub fn delivery_yaml(mut self, flow: &str) -> Sub {
@@ -155,6 +185,12 @@ impl Sub {
         }
         if let Some(uri) = &self.reply_uri {
             out.push(format!("  replyUri: {}", quote(uri)));
+        }
+        if let Some(pem) = &self.subscriber_ca_certs {
+            out.push(format!("  subscriberCACerts: {}", quote_multiline(pem)));
+        }
+        if let Some(pem) = &self.reply_ca_certs {
+            out.push(format!("  replyCACerts: {}", quote_multiline(pem)));
         }
         out.push(format!("  uid: {}", quote(&self.uid)));
         if let Some(delivery) = self.delivery_yaml.clone().or_else(|| self.delivery.flow()) {
@@ -305,6 +341,11 @@ pub fn channels_list_yaml(channels: &[Channel]) -> String {
 }
 
 /// A YAML double-quoted scalar.
+/// A YAML double-quoted scalar keeping line breaks (a JSON string is one).
+fn quote_multiline(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }

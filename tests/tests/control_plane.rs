@@ -625,7 +625,43 @@ fn feature_flags_reach_the_dispatcher(driver: Driver) {
     );
 }
 
+/// Contract §6.1 from the cluster: `transport-encryption: strict` in config-features closes the
+/// plain port to events (probes still answered), and switching back to `disabled` reopens it,
+/// without a restart; the flag overrides `--transport-encryption`.
+fn cluster_transport_encryption_switches_the_plain_port(driver: Driver) {
+    let api = ApiServer::start();
+    api.admin().configmap(
+        SYSTEM_NAMESPACE,
+        "config-features",
+        &[("transport-encryption", "strict")],
+    );
+    let s1 = Sink::ok();
+    put_ready(&api, "default", "ch1", spec(&[("u1", 1, &s1.url())]));
+    let dut = start_dut(
+        driver,
+        &api,
+        "dut-a",
+        &["--transport-encryption", "permissive"],
+    );
+    // Go's http.NotFound, not the empty 404 of an unknown channel.
+    eventually(SERVED, "the plain port closed by strict", || {
+        let r = dut.send(&event("default", "ch1", true, "strict"));
+        (r.status == 404 && r.body == b"404 page not found\n").then_some(())
+    });
+    assert_eq!(dut.probe(), 204);
+    let pid = dut.pid();
+    api.admin().configmap(
+        SYSTEM_NAMESPACE,
+        "config-features",
+        &[("transport-encryption", "disabled")],
+    );
+    wait_answer(&dut, "default", "ch1", 202);
+    assert_eq!(dut.pid(), pid);
+    assert!(s1.requests().iter().all(|r| r.id() != "strict"));
+}
+
 both_drivers!(
+    cluster_transport_encryption_switches_the_plain_port,
     ready_channel_is_served_then_its_status_patched,
     added_subscriber_is_served_and_patched_once,
     unready_channel_waits_until_ready,

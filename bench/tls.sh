@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# What TLS costs the dispatcher, in one run: imc-dispatcher --workers 1 on core 0; wrk (1 KiB
+# binary CloudEvents, keep-alive) and nginx sinks (http, and https with a test CA's certificate)
+# on core 1. Rows, each with the dispatcher's CPU per event:
+#
+#   in=http  out=http   N=1 and N=4   the plain baseline
+#   in=https out=http   N=1           https ingress with keep-alive (8443, permissive mode)
+#   in=http  out=https  N=1 and N=4   https subscribers over the keep-alive pool
+#
+# then nginx on the same rig answering 202 itself over http and https (its CPU per request: what
+# TLS costs a C server), and the handshake cost on the https ingress: `openssl s_time` opening new
+# connections (full handshakes) and resuming sessions, the dispatcher's CPU per handshake.
+#
+#   bench/tls.sh [-r REPS] [-d DUR]
+#
+# Needs nginx-light, wrk and openssl (installed with apt-get if missing). Traffic stays on
+# 127.0.0.1; every run is bounded by DUR. Raw rows: target/bench-results/tls/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=3
+DUR=10s
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -r) REPS=$2; shift 2;;
+    -d) DUR=$2; shift 2;;
+    *) echo "usage: bench/tls.sh [-r REPS] [-d DUR]" >&2; exit 2;;
+  esac
+done
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v openssl >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk openssl
+fi
+[ -e ../shared/bench/ce.lua ] || { echo "../shared/bench/ce.lua not found (the shared rig sits beside the project)" >&2; exit 2; }
+cargo build --release -q -p imc-dispatcher
+BIN=${CARGO_TARGET_DIR:-target}/release/imc-dispatcher
+OUT=$PWD/target/bench-results/tls
+rm -rf "$OUT"; mkdir -p "$OUT/pki" "$OUT/nginx/tmp"
+PORT=18090; TLS_PORT=18443; SINK=19001; TLS_SINK=19101
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+trap cleanup EXIT
+
+# A test CA and one certificate for localhost/127.0.0.1 (the dispatcher's and the sinks').
+(
+  cd "$OUT/pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+    -keyout ca.key -out ca.pem 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout tls.key -out tls.csr 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
+  openssl x509 -req -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext \
+    -out tls.crt 2>/dev/null
+)
+mkdir -p "$OUT/pki/trust" && cp "$OUT/pki/ca.pem" "$OUT/pki/trust/"
+
+# Sinks: 4 http and 4 https servers answering 202 with keep-alive, one nginx worker on core 1.
+blocks=""
+for i in 0 1 2 3; do
+  blocks+="  server { listen 127.0.0.1:$((SINK + i)) reuseport backlog=4096; location / { return 202; } }"$'\n'
+  blocks+="  server { listen 127.0.0.1:$((TLS_SINK + i)) ssl reuseport backlog=4096; ssl_certificate $OUT/pki/tls.crt; ssl_certificate_key $OUT/pki/tls.key; ssl_protocols TLSv1.3; ssl_session_cache shared:S:1m; location / { return 202; } }"$'\n'
+done
+cat > "$OUT/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_timeout 75s;
+  keepalive_requests 100000000;
+  client_body_buffer_size 64k;
+  client_body_temp_path $OUT/nginx/tmp/body;
+  proxy_temp_path $OUT/nginx/tmp/proxy;
+  fastcgi_temp_path $OUT/nginx/tmp/fastcgi;
+  uwsgi_temp_path $OUT/nginx/tmp/uwsgi;
+  scgi_temp_path $OUT/nginx/tmp/scgi;
+$blocks
+}
+EOF
+taskset -c 1 nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx.conf" > "$OUT/nginx.out" 2>&1 &
+pids+=($!)
+sleep 0.5
+
+start_dispatcher() { # out-scheme n
+  {
+    echo "apiVersion: messaging.knative.dev/v1"
+    echo "kind: InMemoryChannel"
+    echo "metadata: {name: demo, namespace: default}"
+    echo "spec:"
+    echo "  subscribers:"
+    for i in $(seq 0 $(($2 - 1))); do
+      if [ "$1" = https ]; then
+        echo "  - {uid: s$i, subscriberUri: \"https://localhost:$((TLS_SINK + i))/\"}"
+      else
+        echo "  - {uid: s$i, subscriberUri: \"http://127.0.0.1:$((SINK + i))/\"}"
+      fi
+    done
+  } > "$OUT/channels.yaml"
+  taskset -c 0 "$BIN" --channels "$OUT/channels.yaml" --listen "127.0.0.1:$PORT" \
+    --tls-listen "127.0.0.1:$TLS_PORT" --metrics-listen 127.0.0.1:0 --workers 1 \
+    --tls-cert "$OUT/pki/tls.crt" --tls-key "$OUT/pki/tls.key" --transport-encryption permissive \
+    --custom-certs-dir "$OUT/pki/trust" 2> "$OUT/dispatcher.log" &
+  DISP=$!; pids+=($DISP)
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -A kube-probe/1.30 "http://127.0.0.1:$PORT/")" = 204 ] && return 0
+    sleep 0.1
+  done
+  echo "dispatcher not ready; log:" >&2; cat "$OUT/dispatcher.log" >&2; exit 1
+}
+stop_dispatcher() { kill "$DISP" 2>/dev/null || true; wait "$DISP" 2>/dev/null || true; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+printf "in\tout\tn\trep\trps\tp99_ms\tdisp_cpu_s\trequests\terrors\n" > "$OUT/raw.tsv"
+for rep in $(seq 1 "$REPS"); do
+  for row in "http http 1" "https http 1" "http https 1" "http http 4" "http https 4"; do
+    set -- $row; in=$1; out=$2; n=$3
+    start_dispatcher "$out" "$n"
+    if [ "$in" = https ]; then url="https://127.0.0.1:$TLS_PORT/default/demo"; else url="http://127.0.0.1:$PORT/default/demo"; fi
+    export CE_PATH=/default/demo
+    taskset -c 1 wrk -t1 -c64 -d2s -s ../shared/bench/ce.lua "$url" > "$OUT/warm.txt" 2>&1 || true
+    c0=$(cpu_ticks "$DISP")
+    taskset -c 1 wrk -t1 -c64 -d"$DUR" --latency -s ../shared/bench/ce.lua "$url" > "$OUT/wrk-$in-$out-$n-$rep.txt" 2>&1 || true
+    c1=$(cpu_ticks "$DISP")
+    python3 - "$OUT/wrk-$in-$out-$n-$rep.txt" "$in" "$out" "$n" "$rep" "$c0" "$c1" >> "$OUT/raw.tsv" <<'PY'
+import os, re, sys
+text = open(sys.argv[1]).read()
+i, o, n, rep, c0, c1 = sys.argv[2:]
+req = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
+p99 = float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(2)] if m else float("nan")
+err = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+errors = (int(err.group(1)) if err else 0) + (sum(map(int, sock.groups())) if sock else 0)
+cpu = (int(c1) - int(c0)) / os.sysconf("SC_CLK_TCK")
+print(f"{i}\t{o}\t{n}\t{rep}\t{rps:.0f}\t{p99:.2f}\t{cpu:.2f}\t{req}\t{errors}")
+PY
+    tail -1 "$OUT/raw.tsv"
+    stop_dispatcher
+  done
+done
+
+# The same rig's nginx terminating TLS: one nginx process on core 0 answering 202 itself, over
+# http and https, its CPU per request (what a request costs a TLS server written in C).
+cat > "$OUT/null.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $OUT/nginx/null.pid;
+error_log $OUT/nginx/null-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_buffer_size 64k;
+  client_body_temp_path $OUT/nginx/tmp/body;
+  proxy_temp_path $OUT/nginx/tmp/proxy;
+  fastcgi_temp_path $OUT/nginx/tmp/fastcgi;
+  uwsgi_temp_path $OUT/nginx/tmp/uwsgi;
+  scgi_temp_path $OUT/nginx/tmp/scgi;
+  server { listen 127.0.0.1:$PORT; location / { return 202; } }
+  server { listen 127.0.0.1:$TLS_PORT ssl; ssl_certificate $OUT/pki/tls.crt; ssl_certificate_key $OUT/pki/tls.key; ssl_protocols TLSv1.3; location / { return 202; } }
+}
+NGINX
+printf "scheme\trep\trps\tcpu_s\trequests\n" > "$OUT/nginx.tsv"
+taskset -c 0 nginx -e "$OUT/nginx/null-error.log" -p "$OUT/nginx" -c "$OUT/null.conf" > "$OUT/null.out" 2>&1 &
+NULL=$!; pids+=($NULL)
+sleep 0.5
+for rep in $(seq 1 "$REPS"); do
+  for scheme in http https; do
+    if [ "$scheme" = https ]; then url="https://127.0.0.1:$TLS_PORT/default/demo"; else url="http://127.0.0.1:$PORT/default/demo"; fi
+    c0=$(cpu_ticks "$NULL")
+    taskset -c 1 wrk -t1 -c64 -d"$DUR" -s ../shared/bench/ce.lua "$url" > "$OUT/null-$scheme-$rep.txt" 2>&1 || true
+    c1=$(cpu_ticks "$NULL")
+    python3 - "$OUT/null-$scheme-$rep.txt" "$scheme" "$rep" "$c0" "$c1" >> "$OUT/nginx.tsv" <<'PY'
+import os, re, sys
+text = open(sys.argv[1]).read()
+scheme, rep, c0, c1 = sys.argv[2:]
+req = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+print(f"{scheme}\t{rep}\t{rps:.0f}\t{(int(c1) - int(c0)) / os.sysconf('SC_CLK_TCK'):.2f}\t{req}")
+PY
+    tail -1 "$OUT/nginx.tsv"
+  done
+done
+kill "$NULL" 2>/dev/null || true; wait "$NULL" 2>/dev/null || true
+
+# Handshakes on the https ingress: new sessions (full handshakes) and resumed ones, 5 s each.
+start_dispatcher http 1
+printf "kind\trep\tconnections\tdisp_cpu_s\n" > "$OUT/handshakes.tsv"
+for rep in $(seq 1 "$REPS"); do
+  for kind in new reuse; do
+    c0=$(cpu_ticks "$DISP")
+    taskset -c 1 openssl s_time -connect "127.0.0.1:$TLS_PORT" -"$kind" -time 5 -www / -CAfile "$OUT/pki/ca.pem" \
+      > "$OUT/s_time-$kind-$rep.txt" 2>&1 || true
+    c1=$(cpu_ticks "$DISP")
+    conns=$(grep -Eo '^[0-9]+ connections in' "$OUT/s_time-$kind-$rep.txt" | head -1 | awk '{print $1}')
+    printf "%s\t%s\t%s\t%s\n" "$kind" "$rep" "${conns:-0}" \
+      "$(python3 -c "import os; print(($c1 - $c0) / os.sysconf('SC_CLK_TCK'))")" >> "$OUT/handshakes.tsv"
+    tail -1 "$OUT/handshakes.tsv"
+  done
+done
+
+python3 - "$OUT/raw.tsv" "$OUT/handshakes.tsv" "$OUT/nginx.tsv" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
+print(f"{'in':5} {'out':5} {'N':>2} {'events/s':>9} {'p99 ms':>7} {'cpu us/event':>12} {'vs http':>7} {'errors':>6}")
+base = {}
+table = []
+for key in [("http", "http", "1"), ("https", "http", "1"), ("http", "https", "1"), ("http", "http", "4"), ("http", "https", "4")]:
+    g = [r for r in rows if tuple(r[:3]) == key]
+    if not g:
+        continue
+    rps = statistics.median(float(r[4]) for r in g)
+    p99 = statistics.median(float(r[5]) for r in g)
+    cpu = statistics.median(float(r[6]) * 1e6 / max(int(r[7]), 1) for r in g)
+    errs = sum(int(r[8]) for r in g)
+    if key[0] == "http" and key[1] == "http":
+        base[key[2]] = cpu
+    ratio = cpu / base[key[2]] if key[2] in base else float("nan")
+    print(f"{key[0]:5} {key[1]:5} {key[2]:>2} {rps:>9.0f} {p99:>7.2f} {cpu:>12.1f} {ratio:>7.2f} {errs:>6}")
+hs = [l.rstrip("\n").split("\t") for l in open(sys.argv[2])][1:]
+print()
+print(f"{'handshake':10} {'per s':>7} {'cpu us/handshake':>16}")
+for kind, label in (("new", "full"), ("reuse", "resumed")):
+    g = [r for r in hs if r[0] == kind and int(r[2]) > 0]
+    if not g:
+        print(f"{label:10} {'-':>7} {'-':>16}")
+        continue
+    per_s = statistics.median(int(r[2]) / 5 for r in g)
+    cpu = statistics.median(float(r[3]) * 1e6 / int(r[2]) for r in g)
+    print(f"{label:10} {per_s:>7.0f} {cpu:>16.1f}")
+ng = [l.rstrip("\n").split("\t") for l in open(sys.argv[3])][1:]
+print()
+print(f"{'nginx 202':10} {'req/s':>9} {'cpu us/request':>14}")
+for scheme in ("http", "https"):
+    g = [r for r in ng if r[0] == scheme]
+    if g:
+        rps = statistics.median(float(r[2]) for r in g)
+        cpu = statistics.median(float(r[3]) * 1e6 / max(int(r[4]), 1) for r in g)
+        print(f"{scheme:10} {rps:>9.0f} {cpu:>14.1f}")
+PY
