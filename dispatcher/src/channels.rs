@@ -280,6 +280,36 @@ impl ChannelSet {
         }
     }
 
+    /// This set with every channel that has an https target prepared again, so that its
+    /// destinations take the current trust (after the cluster's trust bundles changed). Other
+    /// channels keep their entries; how many were prepared again is returned.
+    pub fn reprepare_https(&self) -> (ChannelSet, usize) {
+        let mut n = 0;
+        let channels = self
+            .channels
+            .iter()
+            .map(|(key, e)| {
+                let https = e.config.subscribers.iter().any(|s| {
+                    [&s.target, &s.reply, &s.dead_letter]
+                        .into_iter()
+                        .flatten()
+                        .any(|t| t.tls)
+                });
+                let entry = if https {
+                    n += 1;
+                    Entry {
+                        prepared: Arc::new(Prepared::new(key, &e.config)),
+                        ..e.clone()
+                    }
+                } else {
+                    e.clone()
+                };
+                (key.clone(), entry)
+            })
+            .collect();
+        (ChannelSet { channels }, n)
+    }
+
     pub fn len(&self) -> usize {
         self.channels.len()
     }

@@ -25,7 +25,11 @@ use std::time::{Duration, Instant};
 
 use crate::channels::{BuildOptions, ChannelSet, FileLoad, Hub};
 use crate::imc::{Imc, Source};
-use crate::wire::{self, Ack, ChannelResult, Decoder, Snapshot, ToControl, ToDispatcher};
+use crate::tls::{certified_key, ClientTrust, ServerCert};
+use crate::wire::{
+    self, Ack, ChannelResult, Decoder, Snapshot, TlsInputs, ToControl, ToDispatcher,
+};
+use rustls::crypto::CryptoProvider;
 
 /// The environment variable that tells imc-control which inherited descriptor is its end.
 pub const CONTROL_FD_ENV: &str = "IMC_CONTROL_FD";
@@ -54,6 +58,9 @@ pub struct ControlSource {
     pub cluster_domain: String,
     pub namespace_mode: Option<String>,
     pub hub: Arc<Hub>,
+    /// Where the cluster's 8443 certificate goes, and the provider that parses it; `None` when
+    /// `--tls-cert`/`--tls-key` files are served instead.
+    pub server_cert: Option<(Arc<ServerCert>, Arc<CryptoProvider>)>,
 }
 
 /// The version last applied, and the set it built (the next delta applies to it).
@@ -159,6 +166,33 @@ impl ControlSource {
         }
     }
 
+    /// The Secret's certificate for the 8443 listener, swapped atomically (open connections
+    /// keep theirs). A pair that does not parse keeps the previous certificate; a Secret that is
+    /// gone leaves none (handshakes fail, as upstream's with no Secret).
+    fn install_server_cert(&self, tls: &TlsInputs) {
+        let Some((target, provider)) = &self.server_cert else {
+            return;
+        };
+        match &tls.server {
+            Some(c) => match certified_key(c.cert_pem.as_bytes(), c.key_pem.as_bytes(), provider) {
+                Ok(key) => {
+                    let replaced = target.is_set();
+                    target.set(Some(Arc::new(key)));
+                    tracing::info!(secret = %c.source, resource_version = %c.resource_version, replaced, "https ingress certificate from the Secret installed");
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %c.source, resource_version = %c.resource_version, error = %e, "https ingress certificate from the Secret not usable; keeping the previous one")
+                }
+            },
+            None => {
+                if target.is_set() {
+                    target.set(None);
+                    tracing::warn!("the server certificate Secret is gone (or lacks tls.crt/tls.key): https ingress handshakes fail until it is back");
+                }
+            }
+        }
+    }
+
     /// Applies a snapshot: the whole state, or a delta on the version last applied (then only
     /// the channels in it are translated again).
     fn apply(&self, snap: Snapshot, state: &mut State) -> ToControl {
@@ -185,6 +219,12 @@ impl ControlSource {
                 }
             }
         }
+        // The TLS inputs first: channels translated below take the trust they bring.
+        let mut trust_changed = false;
+        if self.hub.set_cluster_tls(&snap.tls) {
+            self.install_server_cert(&snap.tls);
+            trust_changed = ClientTrust::get().set_bundles(&snap.tls.trust_bundles);
+        }
         let opts = BuildOptions {
             cluster_domain: &self.cluster_domain,
             namespace_mode: self.namespace_mode.as_deref(),
@@ -201,7 +241,17 @@ impl ControlSource {
             ChannelSet::build(&state.set, &loads, &opts)
         };
         self.hub.set_features(&snap.features);
-        self.hub.set_cluster_tls(&snap.tls);
+        // Channels this snapshot did not touch still hold destinations of the old trust.
+        let set = if trust_changed {
+            let (again, n) = set.reprepare_https();
+            tracing::info!(
+                channels = n,
+                "trust bundles changed; channels with https targets prepared again"
+            );
+            again
+        } else {
+            set
+        };
         if !set.same_as(&state.set) || self.hub.generation() == 0 {
             let set = Arc::new(set);
             let generation = self.hub.publish(set.clone());

@@ -145,6 +145,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         }
+        _ if args.channels.is_none() => tracing::info!("https ingress certificate: from the Secret imc-dispatcher-server-tls, through imc-control (until it arrives, handshakes fail)"),
         _ => tracing::info!("no --tls-cert/--tls-key: https ingress handshakes fail until a certificate is configured"),
     }
     let (tls_listeners, tls_addr) = match worker::bind_listeners(args.tls_listen, workers) {
@@ -206,6 +207,11 @@ fn main() -> ExitCode {
                 cluster_domain: args.cluster_domain.clone(),
                 namespace_mode: args.namespace.clone(),
                 hub: hub.clone(),
+                // The Secret imc-dispatcher-server-tls, unless --tls-cert/--tls-key name files.
+                server_cert: args
+                    .tls_cert
+                    .is_none()
+                    .then(|| (server_cert.clone(), tls_settings.provider())),
             };
             std::thread::Builder::new()
                 .name("imc-control-source".into())

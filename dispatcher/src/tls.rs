@@ -271,7 +271,13 @@ impl ClientTls {
 pub struct ClientTrust {
     settings: Settings,
     provider: Arc<CryptoProvider>,
-    base: RootCertStore,
+    /// The system roots and the custom certificates, read at start.
+    fixed: RootCertStore,
+    /// `fixed` plus the cluster's trust bundles (contract §6.5, from imc-control): what every
+    /// https target trusts before its own `…CACerts`. Replaced by [`ClientTrust::set_bundles`].
+    base: Mutex<Arc<RootCertStore>>,
+    /// The trust bundles `base` holds, to see whether a snapshot changed them.
+    bundles: Mutex<std::collections::BTreeMap<String, String>>,
     /// One client configuration per distinct `…CACerts` (`None`: the base trust alone).
     configs: Mutex<HashMap<Option<String>, TrustSet>>,
     next_id: AtomicU64,
@@ -333,7 +339,9 @@ impl ClientTrust {
         ClientTrust {
             provider: settings.provider(),
             settings,
-            base,
+            base: Mutex::new(Arc::new(base.clone())),
+            fixed: base,
+            bundles: Mutex::new(Default::default()),
             configs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
@@ -352,6 +360,36 @@ impl ClientTrust {
         })
     }
 
+    /// Replaces the cluster's trust bundles (`<configmap>/<key>` → PEM). Returns whether the
+    /// trust changed: then every cached client configuration is dropped and the next
+    /// [`ClientTrust::client_for`] builds new ones under new trust ids, so that channels
+    /// prepared again with them get new pool keys (connections verified against the old trust
+    /// are not reused for them; they age out of the pool). Upstream re-reads the bundles on
+    /// each new connection; here a change reaches new connections once the routing tables hold
+    /// the re-prepared channels, milliseconds after the snapshot.
+    pub fn set_bundles(&self, next: &std::collections::BTreeMap<String, String>) -> bool {
+        let mut bundles = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+        if *bundles == *next {
+            return false;
+        }
+        let mut roots = self.fixed.clone();
+        for (name, pem) in next {
+            let (added, ignored) = add_pem(&mut roots, pem.as_bytes());
+            if added == 0 {
+                tracing::warn!(bundle = %name, ignored, "trust bundle holds no usable PEM certificate");
+            } else {
+                tracing::info!(bundle = %name, added, "trust bundle loaded for https targets");
+            }
+        }
+        // Under the configurations' lock, which `client_for` holds while it reads the base: no
+        // configuration of the old trust survives the swap.
+        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(roots);
+        configs.clear();
+        *bundles = next.clone();
+        true
+    }
+
     /// The TLS side of an https target: `host` (its SNI and the name its certificate must
     /// carry) and its own `…CACerts` PEM. Runs off the cores; configurations are cached by
     /// `ca`.
@@ -367,7 +405,7 @@ impl ClientTrust {
                 name,
             });
         }
-        let mut roots = self.base.clone();
+        let mut roots = (**self.base.lock().unwrap_or_else(|e| e.into_inner())).clone();
         if let Some(pem) = ca {
             let (added, _) = add_pem(&mut roots, pem.as_bytes());
             if added == 0 {
