@@ -159,6 +159,60 @@ fn dns_flags(net: &Network) -> Vec<String> {
     flags
 }
 
+/// A seccomp profile refusing io_uring the way Docker 25+ and containerd's RuntimeDefault do.
+fn no_io_uring(dir: &Path) -> std::path::PathBuf {
+    seccomp_refusing(
+        dir,
+        "runtime-default-no-io-uring.json",
+        &["io_uring_setup", "io_uring_enter", "io_uring_register"],
+        1,
+    )
+}
+
+/// What a pod in the cluster has besides its Deployment's fields: the cluster resolver on
+/// `net`, the service account mounted at its usual path (for `namespace`), the API server's
+/// address in the kubelet's variables, and `profile` as its seccomp profile.
+fn in_cluster(
+    net: &Network,
+    api: &ApiServer,
+    dir: &Path,
+    namespace: &str,
+    profile: &Path,
+) -> Vec<String> {
+    let sa = service_account(dir, api, namespace);
+    let mut flags = dns_flags(net);
+    flags.extend([
+        "--security-opt".to_string(),
+        format!("seccomp={}", profile.display()),
+        "-v".to_string(),
+        format!(
+            "{}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
+            sa.display()
+        ),
+        "-e".to_string(),
+        format!("KUBERNETES_SERVICE_HOST={}", api.addr().ip()),
+        "-e".to_string(),
+        format!("KUBERNETES_SERVICE_PORT={}", api.addr().port()),
+    ]);
+    flags
+}
+
+/// Upstream's restrictions as user 65532, the channels directory mounted read-only at
+/// `/channels`, and `profile` as the seccomp profile (`None`: the daemon's default).
+fn standalone(channels: &Path, profile: Option<&Path>) -> Vec<String> {
+    let mut flags: Vec<String> = RESTRICTED.iter().map(|s| s.to_string()).collect();
+    flags.extend([
+        "--user".into(),
+        "65532".into(),
+        "-v".into(),
+        format!("{}:/channels:ro", channels.display()),
+    ]);
+    if let Some(p) = profile {
+        flags.extend(["--security-opt".into(), format!("seccomp={}", p.display())]);
+    }
+    flags
+}
+
 /// A service account directory as the kubelet mounts it, for the API server fixture.
 fn service_account(dir: &Path, api: &ApiServer, namespace: &str) -> std::path::PathBuf {
     let sa = dir.join("serviceaccount");
@@ -300,32 +354,19 @@ fn upstream_deployment_in_a_cluster() {
     );
 
     let scratch = Scratch::new();
-    let sa = service_account(scratch.path(), &api, SYSTEM_NAMESPACE);
-    let profile = seccomp_refusing(
-        scratch.path(),
-        "runtime-default-no-io-uring.json",
-        &["io_uring_setup", "io_uring_enter", "io_uring_register"],
-        1,
-    );
     let mut flags = pod_flags(
         &upstream_deployment_container(),
         SYSTEM_NAMESPACE,
         "imc-dispatcher-7d9f8-x2k4q",
     );
-    flags.extend(dns_flags(&net));
-    flags.extend([
-        "--security-opt".to_string(),
-        format!("seccomp={}", profile.display()),
-        "-v".to_string(),
-        format!(
-            "{}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
-            sa.display()
-        ),
-        "-e".to_string(),
-        format!("KUBERNETES_SERVICE_HOST={}", api.addr().ip()),
-        "-e".to_string(),
-        format!("KUBERNETES_SERVICE_PORT={}", api.addr().port()),
-    ]);
+    let profile = no_io_uring(scratch.path());
+    flags.extend(in_cluster(
+        &net,
+        &api,
+        scratch.path(),
+        SYSTEM_NAMESPACE,
+        &profile,
+    ));
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let dispatcher = Container::run("dispatcher", &args, IMAGE, &[]);
     wait_ready(&dispatcher);
@@ -413,13 +454,6 @@ fn namespace_scoped_dispatcher_in_a_cluster() {
     );
 
     let scratch = Scratch::new();
-    let sa = service_account(scratch.path(), &api, "default");
-    let profile = seccomp_refusing(
-        scratch.path(),
-        "runtime-default-no-io-uring.json",
-        &["io_uring_setup", "io_uring_enter", "io_uring_register"],
-        1,
-    );
     let mut flags = pod_flags(
         &namespace_deployment_container(),
         "default",
@@ -429,20 +463,8 @@ fn namespace_scoped_dispatcher_in_a_cluster() {
         flags.contains(&"NAMESPACE=default".to_string()),
         "the example sets NAMESPACE: {flags:?}"
     );
-    flags.extend(dns_flags(&net));
-    flags.extend([
-        "--security-opt".to_string(),
-        format!("seccomp={}", profile.display()),
-        "-v".to_string(),
-        format!(
-            "{}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
-            sa.display()
-        ),
-        "-e".to_string(),
-        format!("KUBERNETES_SERVICE_HOST={}", api.addr().ip()),
-        "-e".to_string(),
-        format!("KUBERNETES_SERVICE_PORT={}", api.addr().port()),
-    ]);
+    let profile = no_io_uring(scratch.path());
+    flags.extend(in_cluster(&net, &api, scratch.path(), "default", &profile));
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let dispatcher = Container::run("ns-dispatcher", &args, IMAGE, &[]);
     // No probes are declared for it; the probe answer is still the readiness signal.
@@ -483,16 +505,10 @@ fn first_operation_refused_falls_back_and_names_resolve_as_configured() {
         ],
     );
     let profile = seccomp_refusing(scratch.path(), "enter-refused.json", &["io_uring_enter"], 1);
-    let mut flags: Vec<String> = RESTRICTED.iter().map(|s| s.to_string()).collect();
+    let mut flags = standalone(&channels, Some(&profile));
     flags.extend([
-        "--user".into(),
-        "65532".into(),
         "--network".into(),
         net.name.clone(),
-        "--security-opt".into(),
-        format!("seccomp={}", profile.display()),
-        "-v".into(),
-        format!("{}:/channels:ro", channels.display()),
         "-e".into(),
         "IMC_CHANNELS=/channels".into(),
     ]);
@@ -532,21 +548,7 @@ fn forced_io_uring_refused_exits() {
     images();
     let scratch = Scratch::new();
     let channels = channels_file(scratch.path(), &[("x", "http://127.0.0.1:9/")]);
-    let profile = seccomp_refusing(
-        scratch.path(),
-        "runtime-default-no-io-uring.json",
-        &["io_uring_setup", "io_uring_enter", "io_uring_register"],
-        1,
-    );
-    let mut flags: Vec<String> = RESTRICTED.iter().map(|s| s.to_string()).collect();
-    flags.extend([
-        "--user".into(),
-        "65532".into(),
-        "--security-opt".into(),
-        format!("seccomp={}", profile.display()),
-        "-v".into(),
-        format!("{}:/channels:ro", channels.display()),
-    ]);
+    let flags = standalone(&channels, Some(&no_io_uring(scratch.path())));
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let started = Instant::now();
     let c = Container::run(
@@ -584,16 +586,9 @@ fn daemon_default_seccomp_profile() {
         scratch.path(),
         &[("d", &format!("http://{SINK_SHORT}:8081/"))],
     );
-    let mut flags: Vec<String> = RESTRICTED.iter().map(|s| s.to_string()).collect();
+    let mut flags = standalone(&channels, None);
     flags.extend(dns_flags(&net));
-    flags.extend([
-        "--user".into(),
-        "65532".into(),
-        "-v".into(),
-        format!("{}:/channels:ro", channels.display()),
-        "-e".into(),
-        "IMC_CHANNELS=/channels".into(),
-    ]);
+    flags.extend(["-e".into(), "IMC_CHANNELS=/channels".into()]);
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let dispatcher = Container::run("default-seccomp", &args, IMAGE, &[]);
     wait_ready(&dispatcher);
@@ -629,22 +624,10 @@ fn docker_stop_drains_accepted_events() {
         scratch.path(),
         &[("slow", &format!("http://{SINK_FQDN}:8081/"))],
     );
-    let profile = seccomp_refusing(
-        scratch.path(),
-        "runtime-default-no-io-uring.json",
-        &["io_uring_setup", "io_uring_enter", "io_uring_register"],
-        1,
-    );
-    let mut flags: Vec<String> = RESTRICTED.iter().map(|s| s.to_string()).collect();
+    let mut flags = standalone(&channels, Some(&no_io_uring(scratch.path())));
     flags.extend([
-        "--user".into(),
-        "65532".into(),
         "--network".into(),
         net.name.clone(),
-        "--security-opt".into(),
-        format!("seccomp={}", profile.display()),
-        "-v".into(),
-        format!("{}:/channels:ro", channels.display()),
         "-e".into(),
         "IMC_CHANNELS=/channels".into(),
     ]);
