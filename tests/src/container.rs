@@ -114,6 +114,8 @@ pub fn final_stage() -> String {
 /// Sizes of the built images, in bytes, as Docker reports them.
 pub struct Images {
     pub image_bytes: u64,
+    /// Where the binaries came from (`target/debug`, or `IMC_DISPATCHER_BIN`'s directory).
+    pub bin_dir: PathBuf,
 }
 
 /// Builds [`IMAGE`] and [`SINK_IMAGE`] once per process (see the module docs).
@@ -172,6 +174,7 @@ pub fn images() -> &'static Images {
         let size = docker_ok(&["image", "inspect", "-f", "{{.Size}}", IMAGE]);
         Images {
             image_bytes: size.parse().expect("image size in bytes"),
+            bin_dir,
         }
     })
 }

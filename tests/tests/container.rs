@@ -339,8 +339,9 @@ fn upstream_deployment_in_a_cluster() {
     }
     let images = images();
     eprintln!(
-        "image {IMAGE}: {:.1} MB (debug binaries; see README for the release image)",
-        images.image_bytes as f64 / 1e6
+        "image {IMAGE}: {:.1} MB (binaries from {})",
+        images.image_bytes as f64 / 1e6,
+        images.bin_dir.display()
     );
     let net = Network::create();
     let api = ApiServer::builder().bind(net.gateway()).start();
