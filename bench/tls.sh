@@ -8,8 +8,9 @@
 #   in=http  out=https  N=1 and N=4   https subscribers over the keep-alive pool
 #
 # then nginx on the same rig answering 202 itself over http and https (its CPU per request: what
-# TLS costs a C server), and the handshake cost on the https ingress: `openssl s_time` opening new
-# connections (full handshakes) and resuming sessions, the dispatcher's CPU per handshake.
+# TLS costs a C server), and the handshake cost on the https ingress: opening new
+# connections with `openssl s_client` (full handshakes) and resuming a session, the dispatcher's
+# CPU per handshake.
 #
 #   bench/tls.sh [-r REPS] [-d DUR]
 #
@@ -111,6 +112,8 @@ start_dispatcher() { # out-scheme n
 }
 stop_dispatcher() { kill "$DISP" 2>/dev/null || true; wait "$DISP" 2>/dev/null || true; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# CPU time of every thread of a process in ns (schedstat: exact, where the ticks above are 10 ms).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { print s }'; }
 
 printf "in\tout\tn\trep\trps\tp99_ms\tdisp_cpu_s\trequests\terrors\n" > "$OUT/raw.tsv"
 for rep in $(seq 1 "$REPS"); do
@@ -187,21 +190,36 @@ PY
 done
 kill "$NULL" 2>/dev/null || true; wait "$NULL" 2>/dev/null || true
 
-# Handshakes on the https ingress: new sessions (full handshakes) and resumed ones, 5 s each.
+# Handshakes on the https ingress: HS_N connections with `openssl s_client`, each a full
+# handshake, then HS_N resuming one saved session (s_time -reuse does not resume TLS 1.3
+# sessions); the dispatcher's CPU over each loop (less its idle CPU over the same time) per
+# handshake, each connection carrying one HTTP/1.0 request. The client processes are on core 1.
+HS_N=${HS_N:-300}
 start_dispatcher http 1
-printf "kind\trep\tconnections\tdisp_cpu_s\n" > "$OUT/handshakes.tsv"
+printf 'GET / HTTP/1.0\r\n\r\n' | openssl s_client -connect "127.0.0.1:$TLS_PORT" -CAfile "$OUT/pki/ca.pem" \
+  -sess_out "$OUT/session.pem" -ign_eof > /dev/null 2>&1 || true
+# What the idle dispatcher uses (its 20 ms ticker, the file watchers), subtracted below: a loop of
+# s_client processes takes seconds of wall time for a few hundred milliseconds of handshakes.
+i0=$(cpu_ns "$DISP"); sleep 5; i1=$(cpu_ns "$DISP")
+IDLE_NS_PER_S=$(( (i1 - i0) / 5 ))
+printf "kind\trep\tconnections\tdisp_cpu_s\tresumed\n" > "$OUT/handshakes.tsv"
 for rep in $(seq 1 "$REPS"); do
   for kind in new reuse; do
-    c0=$(cpu_ticks "$DISP")
-    taskset -c 1 openssl s_time -connect "127.0.0.1:$TLS_PORT" -"$kind" -time 5 -www / -CAfile "$OUT/pki/ca.pem" \
-      > "$OUT/s_time-$kind-$rep.txt" 2>&1 || true
-    c1=$(cpu_ticks "$DISP")
-    conns=$(grep -Eo '^[0-9]+ connections in' "$OUT/s_time-$kind-$rep.txt" | head -1 | awk '{print $1}')
-    printf "%s\t%s\t%s\t%s\n" "$kind" "$rep" "${conns:-0}" \
-      "$(python3 -c "import os; print(($c1 - $c0) / os.sysconf('SC_CLK_TCK'))")" >> "$OUT/handshakes.tsv"
+    # TLS 1.3 tickets are single-use: each resumption saves the next ticket for the one after.
+    sess=(); [ "$kind" = reuse ] && sess=(-sess_in "$OUT/session.pem" -sess_out "$OUT/session.pem")
+    c0=$(cpu_ns "$DISP"); t0=$(date +%s%N)
+    for _ in $(seq 1 "$HS_N"); do
+      printf 'GET / HTTP/1.0\r\n\r\n' | taskset -c 1 openssl s_client -connect "127.0.0.1:$TLS_PORT" \
+        -CAfile "$OUT/pki/ca.pem" "${sess[@]}" -ign_eof 2>/dev/null | grep -E '^(New|Reused),' || true
+    done > "$OUT/s_client-$kind-$rep.txt"
+    c1=$(cpu_ns "$DISP"); t1=$(date +%s%N)
+    printf "%s\t%s\t%s\t%s\t%s\n" "$kind" "$rep" "$HS_N" \
+      "$(python3 -c "print(max(0, $c1 - $c0 - $IDLE_NS_PER_S * ($t1 - $t0) / 1e9) / 1e9)")" \
+      "$(grep -c '^Reused' "$OUT/s_client-$kind-$rep.txt" || true)" >> "$OUT/handshakes.tsv"
     tail -1 "$OUT/handshakes.tsv"
   done
 done
+stop_dispatcher
 
 python3 - "$OUT/raw.tsv" "$OUT/handshakes.tsv" "$OUT/nginx.tsv" <<'PY'
 import statistics, sys
@@ -223,15 +241,15 @@ for key in [("http", "http", "1"), ("https", "http", "1"), ("http", "https", "1"
     print(f"{key[0]:5} {key[1]:5} {key[2]:>2} {rps:>9.0f} {p99:>7.2f} {cpu:>12.1f} {ratio:>7.2f} {errs:>6}")
 hs = [l.rstrip("\n").split("\t") for l in open(sys.argv[2])][1:]
 print()
-print(f"{'handshake':10} {'per s':>7} {'cpu us/handshake':>16}")
+print(f"{'handshake':10} {'connections':>11} {'resumed':>7} {'cpu us/handshake':>16}")
 for kind, label in (("new", "full"), ("reuse", "resumed")):
-    g = [r for r in hs if r[0] == kind and int(r[2]) > 0]
+    g = [r for r in hs if r[0] == kind]
     if not g:
-        print(f"{label:10} {'-':>7} {'-':>16}")
         continue
-    per_s = statistics.median(int(r[2]) / 5 for r in g)
+    conns = sum(int(r[2]) for r in g)
+    resumed = sum(int(r[4]) for r in g)
     cpu = statistics.median(float(r[3]) * 1e6 / int(r[2]) for r in g)
-    print(f"{label:10} {per_s:>7.0f} {cpu:>16.1f}")
+    print(f"{label:10} {conns:>11} {resumed:>7} {cpu:>16.1f}")
 ng = [l.rstrip("\n").split("\t") for l in open(sys.argv[3])][1:]
 print()
 print(f"{'nginx 202':10} {'req/s':>9} {'cpu us/request':>14}")

@@ -111,6 +111,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, tls: Option<Arc<Server
     }
     if conn.linger && !conn.peer_closed {
         conn.linger_close().await;
+    } else if conn.stream.is_tls() && !conn.peer_closed {
+        // A TLS connection ends with close_notify (as Go's server closes), so that a client can
+        // tell the end from a truncation.
+        let _ = monoio::time::timeout(LINGER, conn.stream.shutdown()).await;
     }
     worker.conn_closed();
 }

@@ -393,3 +393,24 @@ pub fn tls_send(
         serial,
     })
 }
+
+/// Writes `bytes` over TLS to `addr` on a new connection and reads until the server closes.
+/// `Err`: the handshake failed, or the server closed without `close_notify` (a truncation, to
+/// TLS).
+pub fn tls_read_to_close(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Vec<u8>, String> {
+    let tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    stream.write_all(bytes).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use imc_e2e::tls::{client_config, tls_send, Leaf, TestCa, TlsSink};
+use imc_e2e::tls::{client_config, tls_read_to_close, tls_send, Leaf, TestCa, TlsSink};
 use imc_e2e::*;
 use rustls::HandshakeKind;
 
@@ -317,6 +317,29 @@ fn disabled_mode_answers_404_on_8443(driver: Driver) {
     assert_eq!(s1.requests().len(), 1);
 }
 
+/// A connection the server closes (HTTP/1.0 here) ends with `close_notify`, not a bare FIN that
+/// a TLS client must take for a truncation.
+fn closed_connections_end_with_close_notify(driver: Driver) {
+    let ca = TestCa::new("close CA");
+    let s1 = Sink::ok();
+    let (dut, _dir) = tls_dut(
+        driver,
+        &[c1().subscriber(Sub::to(&s1.url()))],
+        &ca,
+        "permissive",
+    );
+
+    let out = tls_read_to_close(
+        dut.tls_addr(),
+        client_config(&ca.pem(), false),
+        "localhost",
+        &e1_by_path().http10().to_bytes(),
+    )
+    .expect("a clean TLS close");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 202 "), "{text}");
+}
+
 /// Case 81: both ports serve.
 fn permissive_mode_serves_both_ports(driver: Driver) {
     let ca = TestCa::new("ingress CA");
@@ -620,6 +643,7 @@ both_drivers!(
     https_reply_target_with_its_own_ca,
     disabled_mode_answers_404_on_8443,
     permissive_mode_serves_both_ports,
+    closed_connections_end_with_close_notify,
     strict_mode_closes_the_plain_port_but_for_probes,
     tls12_client_is_refused_unless_min_version_is_12,
     certificate_rotation_is_seen_by_new_connections,
