@@ -563,6 +563,32 @@ impl Admin<'_> {
         self.put(&obj)
     }
 
+    /// Creates (or replaces) an InMemoryChannel with this spec (and annotations) and marks it
+    /// Ready at the generation the server gave it, as the imc-controller does ([`ready_status`]);
+    /// returns that generation.
+    #[track_caller]
+    pub fn ready_imc(&self, ns: &str, name: &str, spec: Value, annotations: Option<Value>) -> i64 {
+        let mut obj = json!({
+            "apiVersion": "messaging.knative.dev/v1",
+            "kind": "InMemoryChannel",
+            "metadata": {"namespace": ns, "name": name},
+            "spec": spec,
+        });
+        if let Some(a) = annotations {
+            obj["metadata"]["annotations"] = a;
+        }
+        let generation = self.put(&obj)["metadata"]["generation"]
+            .as_i64()
+            .expect("generation");
+        self.merge_patch(
+            "inmemorychannels",
+            ns,
+            name,
+            &json!({"status": ready_status(ns, name, generation)}),
+        );
+        generation
+    }
+
     /// A ConfigMap with this data.
     #[track_caller]
     pub fn configmap(&self, namespace: &str, name: &str, data: &[(&str, &str)]) -> Value {
@@ -1162,4 +1188,14 @@ fn read_logs(stderr: ChildStderr, logs: &Logs) {
         logs.lines.lock().unwrap().push(text);
         line.clear();
     }
+}
+
+/// What the imc-controller writes on a Ready channel at `generation`: the Ready condition,
+/// observedGeneration and the host address.
+pub fn ready_status(ns: &str, name: &str, generation: i64) -> Value {
+    json!({
+        "observedGeneration": generation,
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "address": {"url": format!("http://{name}-kn-channel.{ns}.svc.cluster.local")},
+    })
 }

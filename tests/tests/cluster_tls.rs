@@ -25,23 +25,9 @@ fn start_dut(driver: Driver, api: &ApiServer) -> Dut {
 
 /// A channel `default/<name>` created Ready with one subscriber, as the imc-controller leaves it.
 fn ready_channel(api: &ApiServer, name: &str, subscriber: &str) {
-    let obj = api.admin().imc(
-        "default",
-        name,
-        json!({"subscribers": [{"uid": "u1", "generation": 1, "subscriberUri": subscriber}]}),
-        None,
-    );
-    let generation = obj["metadata"]["generation"].as_i64().expect("generation");
-    api.admin().merge_patch(
-        "inmemorychannels",
-        "default",
-        name,
-        &json!({"status": {
-            "observedGeneration": generation,
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "address": {"url": format!("http://{name}-kn-channel.default.svc.cluster.local")},
-        }}),
-    );
+    let spec =
+        json!({"subscribers": [{"uid": "u1", "generation": 1, "subscriberUri": subscriber}]});
+    api.admin().ready_imc("default", name, spec, None);
 }
 
 fn server_secret(leaf: &Leaf) -> Value {

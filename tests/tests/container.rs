@@ -296,31 +296,9 @@ fn host(name: &str) -> String {
     format!("{name}-kn-channel.default.svc.cluster.local")
 }
 
-/// What the imc-controller writes on a Ready channel.
+/// What the imc-controller leaves: the channel Ready at its generation.
 fn put_ready(api: &ApiServer, ns: &str, name: &str, spec: Value, annotations: Option<Value>) {
-    let mut obj = json!({
-        "apiVersion": "messaging.knative.dev/v1",
-        "kind": "InMemoryChannel",
-        "metadata": {"namespace": ns, "name": name},
-        "spec": spec,
-    });
-    if let Some(a) = annotations {
-        obj["metadata"]["annotations"] = a;
-    }
-    let created = api.admin().put(&obj);
-    let generation = created["metadata"]["generation"]
-        .as_i64()
-        .expect("generation");
-    api.admin().merge_patch(
-        "inmemorychannels",
-        ns,
-        name,
-        &json!({"status": {
-            "observedGeneration": generation,
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "address": {"url": format!("http://{name}-kn-channel.{ns}.svc.cluster.local")},
-        }}),
-    );
+    api.admin().ready_imc(ns, name, spec, annotations);
 }
 
 fn subscriber(uid: &str, url: &str) -> Value {

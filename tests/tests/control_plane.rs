@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use imc_e2e::apiserver::{ApiServer, DISPATCHER_TOKEN, SYSTEM_NAMESPACE};
+use imc_e2e::apiserver::{ready_status, ApiServer, DISPATCHER_TOKEN, SYSTEM_NAMESPACE};
 use imc_e2e::*;
 use serde_json::{json, Value};
 
@@ -27,26 +27,9 @@ fn host_of(ns: &str, name: &str) -> String {
     format!("{name}-kn-channel.{ns}.svc.cluster.local")
 }
 
-/// What the imc-controller writes on a Ready channel: conditions, observedGeneration, address.
-fn ready_status(ns: &str, name: &str, generation: i64) -> Value {
-    json!({
-        "observedGeneration": generation,
-        "conditions": [{"type": "Ready", "status": "True"}],
-        "address": {"url": format!("http://{}", host_of(ns, name))},
-    })
-}
-
 /// Creates (or replaces) a channel and marks it Ready at the generation the server gave it.
 fn put_ready(api: &ApiServer, ns: &str, name: &str, spec: Value) -> i64 {
-    let obj = api.admin().imc(ns, name, spec, None);
-    let generation = obj["metadata"]["generation"].as_i64().expect("generation");
-    api.admin().merge_patch(
-        "inmemorychannels",
-        ns,
-        name,
-        &json!({"status": ready_status(ns, name, generation)}),
-    );
-    generation
+    api.admin().ready_imc(ns, name, spec, None)
 }
 
 fn start_dut(driver: Driver, api: &ApiServer, pod: &str, extra: &[&str]) -> Dut {
