@@ -157,7 +157,7 @@ fn request_head_written_byte_by_byte_is_accepted(driver: Driver) {
 /// with its first 4,000 bytes and its last 4,000 bytes written one byte per write, paced (about
 /// 0.1 ms apart) so that the dispatcher reads them one by one, and the middle in one write. The
 /// dispatcher's CPU over the last 4,000 bytes (56 KB already buffered) must stay within 1.5 times
-/// (plus 30 ms) its CPU over the first 4,000.
+/// (plus 30 ms) its CPU over the first 4,000, in at least one of three attempts.
 ///
 /// Calibration (debug build, 2 cores, this harness; a linear head scan measured on a scratch
 /// build outside this repository): a linear scan costs 60-100 ms in each window, the last at
@@ -174,61 +174,78 @@ fn request_head_reads_cost_the_same_however_much_is_buffered(driver: Driver) {
         .start();
     const WINDOW: usize = 4000;
     const PACE: Duration = Duration::from_micros(50);
-    let req = (0..110).fold(e1().id("paced"), |req, i| {
-        req.header(&format!("X-Pad-{i}"), &"a".repeat(545))
-    });
-    let bytes = req.to_bytes();
-    let head_len = head_len(&bytes);
-    let mut conn = dut.connect();
-    conn.set_read_timeout(Duration::from_secs(5));
-
-    let window = |conn: &mut Conn, part: &[u8]| {
-        let cpu_before = dut.cpu_time();
-        let start = Instant::now();
-        let (written, error) = trickle(conn, part, PACE);
-        // Let the dispatcher read the last byte before the clock stops.
+    // One attempt on a fresh connection: the CPU of both windows, and what happened. The
+    // machine is shared: one attempt within the bound is enough, since a parser that starts over
+    // on every read is over it in every attempt (2.5-3 times, above), while noise that lands on
+    // one window is not.
+    let attempt = |k: usize| {
+        let id = format!("paced-{k}");
+        let req = (0..110).fold(e1().id(&id), |req, i| {
+            req.header(&format!("X-Pad-{i}"), &"a".repeat(545))
+        });
+        let bytes = req.to_bytes();
+        let head_len = head_len(&bytes);
+        let mut conn = dut.connect();
+        conn.set_read_timeout(Duration::from_secs(5));
+        let window = |conn: &mut Conn, part: &[u8]| {
+            let cpu_before = dut.cpu_time();
+            let start = Instant::now();
+            let (written, error) = trickle(conn, part, PACE);
+            // Let the dispatcher read the last byte before the clock stops.
+            thread::sleep(Duration::from_millis(30));
+            (dut.cpu_time() - cpu_before, start.elapsed(), written, error)
+        };
+        let first = window(&mut conn, &bytes[..WINDOW]);
+        let middle = conn.write_raw(&bytes[WINDOW..head_len - WINDOW]);
         thread::sleep(Duration::from_millis(30));
-        (dut.cpu_time() - cpu_before, start.elapsed(), written, error)
+        let last = window(&mut conn, &bytes[head_len - WINDOW..head_len]);
+        let answer = middle
+            .and_then(|()| conn.write_raw(&bytes[head_len..]))
+            .and_then(|()| conn.read_response());
+        let report = format!(
+            "{head_len}-byte head, {driver:?}: first {WINDOW} bytes one per write: CPU {:?} over \
+             {:?} ({} written{}); last {WINDOW} bytes: CPU {:?} over {:?} ({} written{}); answer {:?}",
+            first.0,
+            first.1,
+            first.2,
+            first
+                .3
+                .as_deref()
+                .map(|e| format!(", then {e}"))
+                .unwrap_or_default(),
+            last.0,
+            last.1,
+            last.2,
+            last.3
+                .as_deref()
+                .map(|e| format!(", then {e}"))
+                .unwrap_or_default(),
+            answer.as_ref().map(|r| r.status).map_err(|e| e.to_string()),
+        );
+        eprintln!("paced head, attempt {k}: {report}");
+        assert!(
+            matches!(&answer, Ok(r) if r.status == 202),
+            "the paced request must be accepted: {report}"
+        );
+        assert_binary_e1_with_id(&s1.wait_for(k, DELIVERY)[k - 1], &id);
+        (
+            last.0 <= first.0 * 3 / 2 + Duration::from_millis(30),
+            report,
+        )
     };
-    let first = window(&mut conn, &bytes[..WINDOW]);
-    let middle = conn.write_raw(&bytes[WINDOW..head_len - WINDOW]);
-    thread::sleep(Duration::from_millis(30));
-    let last = window(&mut conn, &bytes[head_len - WINDOW..head_len]);
-    let answer = middle
-        .and_then(|()| conn.write_raw(&bytes[head_len..]))
-        .and_then(|()| conn.read_response());
-    let report = format!(
-        "{head_len}-byte head, {driver:?}: first {WINDOW} bytes one per write: CPU {:?} over \
-         {:?} ({} written{}); last {WINDOW} bytes: CPU {:?} over {:?} ({} written{}); answer {:?}",
-        first.0,
-        first.1,
-        first.2,
-        first
-            .3
-            .as_deref()
-            .map(|e| format!(", then {e}"))
-            .unwrap_or_default(),
-        last.0,
-        last.1,
-        last.2,
-        last.3
-            .as_deref()
-            .map(|e| format!(", then {e}"))
-            .unwrap_or_default(),
-        answer.as_ref().map(|r| r.status).map_err(|e| e.to_string()),
-    );
-    eprintln!("paced head: {report}");
-
-    assert!(
-        matches!(&answer, Ok(r) if r.status == 202),
-        "the paced request must be accepted: {report}"
-    );
-    assert!(
-        last.0 <= first.0 * 3 / 2 + Duration::from_millis(30),
+    let mut reports = Vec::new();
+    for k in 1..=3 {
+        let (within, report) = attempt(k);
+        if within {
+            return;
+        }
+        reports.push(report);
+    }
+    panic!(
         "reads cost more the more of the head is buffered (a parser that starts over on every \
-         read): {report}"
+         read), in all 3 attempts:\n{}",
+        reports.join("\n")
     );
-    assert_binary_e1_with_id(&s1.wait_for(1, DELIVERY)[0], "paced");
 }
 
 /// The length of the head at the start of `bytes`, blank line included.
