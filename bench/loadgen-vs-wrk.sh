@@ -34,27 +34,9 @@ cargo build --release -q -p imc-loadgen
 LOADGEN=${CARGO_TARGET_DIR:-target}/release/imc-loadgen
 OUT=$PWD/target/bench-results/loadgen-vs-wrk
 rm -rf "$OUT"; mkdir -p "$OUT/nginx/tmp"
-cat > "$OUT/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_timeout 75s;
-  keepalive_requests 100000000;
-  client_body_buffer_size 64k;
-  client_body_temp_path $OUT/nginx/tmp/body;
-  proxy_temp_path $OUT/nginx/tmp/proxy;
-  fastcgi_temp_path $OUT/nginx/tmp/fastcgi;
-  uwsgi_temp_path $OUT/nginx/tmp/uwsgi;
-  scgi_temp_path $OUT/nginx/tmp/scgi;
-  server { listen 127.0.0.1:$PORT reuseport backlog=4096; location / { return 202; } }
-}
-EOF
-taskset -c 0 nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx.conf" > "$OUT/nginx.out" 2>&1 &
+nginx_conf "$OUT/nginx.conf" "$OUT" nginx \
+  "  server { listen 127.0.0.1:$PORT reuseport backlog=4096; location / { return 202; } }"
+taskset -c 0 nginx -e "$OUT/nginx/nginx-error.log" -p "$OUT/nginx" -c "$OUT/nginx.conf" > "$OUT/nginx.out" 2>&1 &
 NGINX=$!
 trap 'kill -QUIT $NGINX 2>/dev/null; wait $NGINX 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -10,3 +10,32 @@ need_rig() {
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk
   fi
 }
+
+# Writes an nginx configuration to $1 for one worker with its files under $2 (pid, error log and
+# temporary paths in $2/nginx, which must exist with its tmp/ directory), serving the `server`
+# blocks in $4 inside `http`. $3 is the file name stem (e.g. nginx, null); a fifth argument adds
+# lines at the top level (e.g. `master_process off;`).
+nginx_conf() {
+  local conf=$1 out=$2 stem=$3 servers=$4 top=${5:-}
+  cat > "$conf" <<NGINX
+worker_processes 1;
+$top
+daemon off;
+pid $out/nginx/$stem.pid;
+error_log $out/nginx/$stem-error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_timeout 75s;
+  keepalive_requests 100000000;
+  client_body_buffer_size 64k;
+  client_body_temp_path $out/nginx/tmp/body;
+  proxy_temp_path $out/nginx/tmp/proxy;
+  fastcgi_temp_path $out/nginx/tmp/fastcgi;
+  uwsgi_temp_path $out/nginx/tmp/uwsgi;
+  scgi_temp_path $out/nginx/tmp/scgi;
+$servers
+}
+NGINX
+}

@@ -27,11 +27,12 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/tls.sh [-r REPS] [-d DUR]" >&2; exit 2;;
   esac
 done
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v openssl >/dev/null; then
+. bench/rig-tools.sh
+need_rig ce.lua
+if ! command -v openssl >/dev/null; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk openssl
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl
 fi
-[ -e ../shared/bench/ce.lua ] || { echo "../shared/bench/ce.lua not found (the shared rig sits beside the project)" >&2; exit 2; }
 cargo build --release -q -p imc-dispatcher
 BIN=${CARGO_TARGET_DIR:-target}/release/imc-dispatcher
 OUT=$PWD/target/bench-results/tls
@@ -60,27 +61,8 @@ for i in 0 1 2 3; do
   blocks+="  server { listen 127.0.0.1:$((SINK + i)) reuseport backlog=4096; location / { return 202; } }"$'\n'
   blocks+="  server { listen 127.0.0.1:$((TLS_SINK + i)) ssl reuseport backlog=4096; ssl_certificate $OUT/pki/tls.crt; ssl_certificate_key $OUT/pki/tls.key; ssl_protocols TLSv1.3; ssl_session_cache shared:S:1m; location / { return 202; } }"$'\n'
 done
-cat > "$OUT/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/error.log warn;
-worker_rlimit_nofile 16384;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_timeout 75s;
-  keepalive_requests 100000000;
-  client_body_buffer_size 64k;
-  client_body_temp_path $OUT/nginx/tmp/body;
-  proxy_temp_path $OUT/nginx/tmp/proxy;
-  fastcgi_temp_path $OUT/nginx/tmp/fastcgi;
-  uwsgi_temp_path $OUT/nginx/tmp/uwsgi;
-  scgi_temp_path $OUT/nginx/tmp/scgi;
-$blocks
-}
-EOF
-taskset -c 1 nginx -e "$OUT/nginx/error.log" -p "$OUT/nginx" -c "$OUT/nginx.conf" > "$OUT/nginx.out" 2>&1 &
+nginx_conf "$OUT/nginx.conf" "$OUT" nginx "$blocks"
+taskset -c 1 nginx -e "$OUT/nginx/nginx-error.log" -p "$OUT/nginx" -c "$OUT/nginx.conf" > "$OUT/nginx.out" 2>&1 &
 pids+=($!)
 sleep 0.5
 
@@ -147,26 +129,10 @@ done
 
 # The same rig's nginx terminating TLS: one nginx process on core 0 answering 202 itself, over
 # http and https, its CPU per request (what a request costs a TLS server written in C).
-cat > "$OUT/null.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $OUT/nginx/null.pid;
-error_log $OUT/nginx/null-error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  client_body_buffer_size 64k;
-  client_body_temp_path $OUT/nginx/tmp/body;
-  proxy_temp_path $OUT/nginx/tmp/proxy;
-  fastcgi_temp_path $OUT/nginx/tmp/fastcgi;
-  uwsgi_temp_path $OUT/nginx/tmp/uwsgi;
-  scgi_temp_path $OUT/nginx/tmp/scgi;
-  server { listen 127.0.0.1:$PORT; location / { return 202; } }
-  server { listen 127.0.0.1:$TLS_PORT ssl; ssl_certificate $OUT/pki/tls.crt; ssl_certificate_key $OUT/pki/tls.key; ssl_protocols TLSv1.3; location / { return 202; } }
-}
-NGINX
+nginx_conf "$OUT/null.conf" "$OUT" null \
+  "  server { listen 127.0.0.1:$PORT; location / { return 202; } }
+  server { listen 127.0.0.1:$TLS_PORT ssl; ssl_certificate $OUT/pki/tls.crt; ssl_certificate_key $OUT/pki/tls.key; ssl_protocols TLSv1.3; location / { return 202; } }" \
+  "master_process off;"
 printf "scheme\trep\trps\tcpu_s\trequests\n" > "$OUT/nginx.tsv"
 taskset -c 0 nginx -e "$OUT/nginx/null-error.log" -p "$OUT/nginx" -c "$OUT/null.conf" > "$OUT/null.out" 2>&1 &
 NULL=$!; pids+=($NULL)
