@@ -334,6 +334,22 @@ pub fn client_config(ca_pem: &str, tls12_only: bool) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// A TLS client connection to `addr`, verifying the certificate for `name` (the handshake runs
+/// with the first write).
+fn connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: &str,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, String> {
+    let tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
 /// Sends `req` over TLS to `addr` (verifying the certificate for `name`) on a new connection and
 /// reads one response (Content-Length framed). `Err`: the handshake or the exchange failed.
 pub fn tls_send(
@@ -342,12 +358,7 @@ pub fn tls_send(
     name: &str,
     req: &Request,
 ) -> Result<TlsAnswer, String> {
-    let tcp =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let mut stream = connect(addr, config, name)?;
     stream
         .write_all(&req.to_bytes())
         .map_err(|e| e.to_string())?;
@@ -403,12 +414,7 @@ pub fn tls_read_to_close(
     name: &str,
     bytes: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let tcp =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let mut stream = connect(addr, config, name)?;
     stream.write_all(bytes).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     stream.read_to_end(&mut out).map_err(|e| e.to_string())?;
