@@ -93,16 +93,9 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
-
 /// The repository's Dockerfile from its `FINAL STAGE` marker line to the end: the image itself.
 pub fn final_stage() -> String {
-    let path = repo().join("Dockerfile");
+    let path = crate::repo().join("Dockerfile");
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let start = text
@@ -124,7 +117,7 @@ pub fn images() -> &'static Images {
     BUILT.get_or_init(|| {
         let dispatcher = project_binary("imc-dispatcher", "IMC_DISPATCHER_BIN");
         let bin_dir = dispatcher.parent().expect("a directory").to_path_buf();
-        let script = repo().join("scripts/image-rootfs.sh");
+        let script = crate::repo().join("scripts/image-rootfs.sh");
         let build = |tag: &str, binaries: &str, dockerfile: String| {
             let ctx = TempDir::new();
             let out = Command::new("sh")

@@ -38,13 +38,6 @@ const SINK_SHORT: &str = "event-display.default";
 /// How long the image may take from `docker run` to a ready probe.
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
-fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
-
 fn docs(text: &str) -> Vec<Yaml> {
     use serde::Deserialize;
     serde_yaml_ng::Deserializer::from_str(text)
@@ -72,7 +65,7 @@ fn dispatcher_container(objects: &[Yaml]) -> Yaml {
 fn upstream_deployment_container() -> Yaml {
     let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
         .arg("kustomize")
-        .arg(repo().join("config/dispatcher"))
+        .arg(imc_e2e::repo().join("config/dispatcher"))
         .output()
         .expect("run kubectl kustomize (kubectl v1.32 is needed; see tests/manifests.rs)");
     assert!(
@@ -86,7 +79,7 @@ fn upstream_deployment_container() -> Yaml {
 /// The namespace-scoped Deployment upstream's imc-controller creates (§4.6), as the example
 /// under `config/examples` writes it.
 fn namespace_deployment_container() -> Yaml {
-    let path = repo().join("config/examples/namespace-dispatcher.yaml");
+    let path = imc_e2e::repo().join("config/examples/namespace-dispatcher.yaml");
     let text = std::fs::read_to_string(&path).expect("read namespace-dispatcher.yaml");
     dispatcher_container(&docs(&text))
 }

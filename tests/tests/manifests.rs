@@ -33,13 +33,6 @@ const UPSTREAM_CONTROLLER_IMAGE: &str = "gcr.io/knative-releases/knative.dev/eve
 
 const SYSTEM_NS: &str = "knative-eventing";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
-
 /// The kubectl to run, or `None` (after a loud message) when there is none outside CI.
 fn kubectl() -> Option<String> {
     let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_string());
@@ -174,11 +167,11 @@ fn object<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 fn full_set(kubectl: &str) -> Vec<Value> {
-    render(kubectl, &repo().join("config/dispatcher"))
+    render(kubectl, &imc_e2e::repo().join("config/dispatcher"))
 }
 
 fn overlay_dir() -> PathBuf {
-    repo().join("config/overlays/swap-image")
+    imc_e2e::repo().join("config/overlays/swap-image")
 }
 
 /// The dispatcher container of the imc-dispatcher Deployment.
@@ -647,7 +640,7 @@ fn env<'a>(container: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn namespace_dispatcher_example_is_what_upstreams_controller_creates() {
-    let path = repo().join("config/examples/namespace-dispatcher.yaml");
+    let path = imc_e2e::repo().join("config/examples/namespace-dispatcher.yaml");
     let docs = documents(&fs::read_to_string(&path).expect("the example"));
     let d = object(&docs, "Deployment", "imc-dispatcher");
     let ns = str_at(d, &["metadata", "namespace"]);
