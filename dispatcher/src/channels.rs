@@ -346,10 +346,6 @@ pub struct Hub {
     /// The `config-features` flags the dispatcher runs with (from imc-control; empty with the
     /// file source), exported as a metric.
     features: ArcSwap<BTreeMap<String, String>>,
-    /// The cluster's TLS inputs (the 8443 certificate Secret, the trust bundles) from
-    /// imc-control; empty with the file source. Read where a TLS configuration is built, never
-    /// per request.
-    cluster_tls: ArcSwap<imc_model::wire::TlsInputs>,
     /// `transport-encryption` in force (a [`crate::config::Encryption`]): the cluster's flag
     /// while `config-features` has it, else `--transport-encryption`. Workers copy it on their
     /// tick, so a request reads a cell of its own core.
@@ -379,7 +375,6 @@ impl Hub {
             reloads_failed: AtomicU64::new(0),
             last_reload_ok: AtomicBool::new(false),
             features: ArcSwap::from_pointee(BTreeMap::new()),
-            cluster_tls: ArcSwap::from_pointee(Default::default()),
             encryption: AtomicU8::new(Encryption::Disabled as u8),
             encryption_default: AtomicU8::new(Encryption::Disabled as u8),
             deltas: Mutex::new(VecDeque::new()),
@@ -431,19 +426,6 @@ impl Hub {
 
     pub fn features(&self) -> Arc<BTreeMap<String, String>> {
         self.features.load_full()
-    }
-
-    /// Installs the TLS inputs of a snapshot; whether they changed.
-    pub fn set_cluster_tls(&self, next: &imc_model::wire::TlsInputs) -> bool {
-        if **self.cluster_tls.load() == *next {
-            return false;
-        }
-        self.cluster_tls.store(Arc::new(next.clone()));
-        true
-    }
-
-    pub fn cluster_tls(&self) -> Arc<imc_model::wire::TlsInputs> {
-        self.cluster_tls.load_full()
     }
 
     /// Whether every worker has installed generation `g` (or a later one).

@@ -67,6 +67,9 @@ pub struct ControlSource {
 struct State {
     version: Option<u64>,
     set: Arc<ChannelSet>,
+    /// The server certificate last installed from a snapshot (the trust bundles are kept by
+    /// [`ClientTrust`], which compares them itself).
+    server: Option<wire::ServerCert>,
 }
 
 impl ControlSource {
@@ -80,6 +83,7 @@ impl ControlSource {
         let mut state = State {
             version: None,
             set: Arc::new(ChannelSet::default()),
+            server: None,
         };
         let mut backoff = RESTART_FIRST;
         let mut failing = false;
@@ -220,11 +224,11 @@ impl ControlSource {
             }
         }
         // The TLS inputs first: channels translated below take the trust they bring.
-        let mut trust_changed = false;
-        if self.hub.set_cluster_tls(&snap.tls) {
+        if state.server != snap.tls.server {
             self.install_server_cert(&snap.tls);
-            trust_changed = ClientTrust::get().set_bundles(&snap.tls.trust_bundles);
+            state.server = snap.tls.server.clone();
         }
+        let trust_changed = ClientTrust::get().set_bundles(&snap.tls.trust_bundles);
         let opts = BuildOptions {
             cluster_domain: &self.cluster_domain,
             namespace_mode: self.namespace_mode.as_deref(),
