@@ -2,7 +2,15 @@
 # The floor of the I/O layer: the CPU and the syscalls of one HTTP exchange (a request read, a
 # response written) on the server side, with nothing else in the path (issue 14, item 1).
 #
-#   bench/exchange.sh [-r REPS] [-d DUR] [-c "64 8"] [-D "io-uring epoll"]
+#   bench/exchange.sh [-r REPS] [-d DUR] [-c "64 8"] [-D "io-uring epoll"] [-n "1"]
+#                     [-b "before=DIR after=DIR"]
+#
+# -n: the dispatcher's fan-out (subscribers per event; each is a path on the one subscriber sink).
+# -b: compare builds in one run (issue 14: each step's before/after row): each LABEL=DIR names a
+#     directory holding `imc-dispatcher` and `imc-loadgen`; the servers under test are run from
+#     DIR, the load generator and the subscriber sink always from this tree's release build, so
+#     only the server changes. Rows interleave the builds within each repetition, so drift on the
+#     shared machine falls on both. Without -b: one build, this tree's, labelled "this".
 #
 # Two servers, each alone on core 0 with `imc-loadgen send` (1 KiB binary events, closed loop,
 # io_uring) on core 1:
@@ -25,17 +33,25 @@ REPS=3
 DUR=8s
 CONNS="64 8"
 DRIVERS="io-uring epoll"
+FANOUT="1"
+BUILDS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -r) REPS=$2; shift 2;;
     -d) DUR=$2; shift 2;;
     -c) CONNS=$2; shift 2;;
     -D) DRIVERS=$2; shift 2;;
-    *) echo "usage: bench/exchange.sh [-r REPS] [-d DUR] [-c \"64 8\"] [-D \"io-uring epoll\"]" >&2; exit 2;;
+    -n) FANOUT=$2; shift 2;;
+    -b) BUILDS=$2; shift 2;;
+    *) echo "usage: bench/exchange.sh [-r REPS] [-d DUR] [-c \"64 8\"] [-D \"io-uring epoll\"] [-n \"1 4\"] [-b \"LABEL=DIR ...\"]" >&2; exit 2;;
   esac
 done
 cargo build --release -q -p imc-dispatcher -p imc-loadgen
-BIN=${CARGO_TARGET_DIR:-target}/release
+BIN=$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)
+[ -n "$BUILDS" ] || BUILDS="this=$BIN"
+for b in $BUILDS; do
+  [ -x "${b#*=}/imc-dispatcher" ] && [ -x "${b#*=}/imc-loadgen" ] || { echo "exchange.sh: ${b#*=} lacks imc-dispatcher or imc-loadgen" >&2; exit 2; }
+done
 OUT=$PWD/target/bench-results/exchange
 rm -rf "$OUT"; mkdir -p "$OUT"
 PORT=18190
@@ -56,29 +72,32 @@ echo "perf: syscall tracepoints $([ $tracepoints = 1 ] && echo yes || echo no), 
 
 cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-printf "server\tdriver\tconns\trep\trps\tcpu_s\texchanges\tsyscalls\tinstructions\tcycles\n" > "$OUT/raw.tsv"
-cat > "$OUT/channels.yaml" <<EOF
-apiVersion: messaging.knative.dev/v1
-kind: InMemoryChannel
-metadata: {name: demo, namespace: default}
-spec:
-  subscribers:
-  - {uid: s1, subscriberUri: "http://127.0.0.1:$SUB/"}
-EOF
+printf "build\tserver\tdriver\tconns\trep\trps\tcpu_s\tevents\texchanges\tsyscalls\tinstructions\tcycles\tp99_us\n" > "$OUT/raw.tsv"
+SERVERS="sink"
+for n in $FANOUT; do
+  SERVERS="$SERVERS dispatcher-n$n"
+  {
+    printf 'apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: demo, namespace: default}\nspec:\n  subscribers:\n'
+    for i in $(seq 1 "$n"); do printf '  - {uid: s%s, subscriberUri: "http://127.0.0.1:%s/s%s"}\n' "$i" "$SUB" "$i"; done
+  } > "$OUT/channels-n$n.yaml"
+done
 for rep in $(seq 1 "$REPS"); do
 for driver in $DRIVERS; do
 for conns in $CONNS; do
-for server in sink dispatcher; do
+for server in $SERVERS; do
+for build in $BUILDS; do
+  label=${build%%=*}; SRV=${build#*=}
   if [ "$server" = sink ]; then
-    taskset -c 0 "$BIN/imc-loadgen" sink --listen "127.0.0.1:$PORT" --io-driver "$driver" 2> "$OUT/server.log" &
+    taskset -c 0 "$SRV/imc-loadgen" sink --listen "127.0.0.1:$PORT" --io-driver "$driver" 2> "$OUT/server.log" &
     srv=$!; pids+=($srv); per_event=1; host=()
     for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/report" && break; sleep 0.05; done
   else
     taskset -c 1 "$BIN/imc-loadgen" sink --listen "127.0.0.1:$SUB" 2> "$OUT/sub.log" &
     pids+=($!)
-    taskset -c 0 "$BIN/imc-dispatcher" --channels "$OUT/channels.yaml" --listen "127.0.0.1:$PORT" \
+    n=${server#dispatcher-n}
+    taskset -c 0 "$SRV/imc-dispatcher" --channels "$OUT/channels-n$n.yaml" --listen "127.0.0.1:$PORT" \
       --metrics-listen 127.0.0.1:0 --workers 1 --io-driver "$driver" 2> "$OUT/server.log" &
-    srv=$!; pids+=($srv); per_event=2; host=(--host demo-kn-channel.default.svc.cluster.local)
+    srv=$!; pids+=($srv); per_event=$((1 + n)); host=(--host demo-kn-channel.default.svc.cluster.local)
     for _ in $(seq 1 100); do
       [ "$(curl -s -o /dev/null -w '%{http_code}' -A kube-probe/1.30 "http://127.0.0.1:$PORT/")" = 204 ] && break
       sleep 0.05
@@ -104,16 +123,18 @@ for server in sink dispatcher; do
   count() { [ -s "$OUT/perf.csv" ] && awk -F, -v e="$1" '$3 == e { print $1 }' "$OUT/perf.csv" | head -1 || true; }
   sys=$(count raw_syscalls:sys_enter); ins=$(count instructions); cyc=$(count cycles)
   rm -f "$OUT/perf.csv"
-  python3 - "$OUT/send.json" "$server" "$driver" "$conns" "$rep" "$(cat "$OUT/cpu0")" "$cpu1" "$per_event" "${sys:--}" "${ins:--}" "${cyc:--}" >> "$OUT/raw.tsv" <<'PY'
+  python3 - "$OUT/send.json" "$label" "$server" "$driver" "$conns" "$rep" "$(cat "$OUT/cpu0")" "$cpu1" "$per_event" "${sys:--}" "${ins:--}" "${cyc:--}" >> "$OUT/raw.tsv" <<'PY'
 import json, os, sys
 r = json.load(open(sys.argv[1]))
-server, driver, conns, rep, c0, c1, per_event, sys_, ins, cyc = sys.argv[2:]
+label, server, driver, conns, rep, c0, c1, per_event, sys_, ins, cyc = sys.argv[2:]
 tck = os.sysconf("SC_CLK_TCK")
 exchanges = r["requests"] * int(per_event)
-print(f"{server}\t{driver}\t{conns}\t{rep}\t{r['rps']:.0f}\t{(int(c1) - int(c0)) / tck:.2f}\t{exchanges}\t{sys_}\t{ins}\t{cyc}")
+p99 = dict(r["latency"]["quoted"]).get("p99", 0)
+print(f"{label}\t{server}\t{driver}\t{conns}\t{rep}\t{r['rps']:.0f}\t{(int(c1) - int(c0)) / tck:.2f}\t{r['requests']}\t{exchanges}\t{sys_}\t{ins}\t{cyc}\t{p99:.0f}")
 PY
   tail -1 "$OUT/raw.tsv"
   cleanup
+done
 done
 done
 done
@@ -136,19 +157,22 @@ fi
 python3 - "$OUT/raw.tsv" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
-def per(v, n):
-    return "-" if v == "-" else f"{float(v) / n:.1f}"
-print(f"{'server':10} {'driver':8} {'conns':>5} {'events/s':>9} {'cpu us/exchange':>15} {'syscalls/exch':>13} {'instr/exch':>10} {'cycles/exch':>11}")
+# build server driver conns rep rps cpu_s events exchanges syscalls instructions cycles p99_us
+print(f"{'build':8} {'server':14} {'driver':8} {'conns':>5} {'events/s':>9} {'us/event':>8} {'us/exch':>7} {'sys/exch':>8} {'instr/exch':>10} {'cycles/exch':>11} {'p99 us':>7}")
 keys = []
 for r in rows:
-    k = (r[0], r[1], r[2])
-    if k not in keys:
-        keys.append(k)
+    if tuple(r[:4]) not in keys:
+        keys.append(tuple(r[:4]))
+order = {b: i for i, b in enumerate(dict.fromkeys(r[0] for r in rows))}
+# Grouped by point, the builds side by side in the order given.
+keys.sort(key=lambda k: (k[1], k[2], -int(k[3]), order[k[0]]))
 for k in keys:
-    g = [r for r in rows if (r[0], r[1], r[2]) == k]
-    rps = statistics.median(float(r[4]) for r in g)
-    cpu = statistics.median(float(r[5]) * 1e6 / float(r[6]) for r in g)
-    med = lambda i: "-" if any(r[i] == "-" for r in g) else str(statistics.median(float(r[i]) / float(r[6]) for r in g))
-    fmt = lambda s: "-" if s == "-" else f"{float(s):.1f}"
-    print(f"{k[0]:10} {k[1]:8} {k[2]:>5} {rps:>9.0f} {cpu:>15.2f} {fmt(med(7)):>13} {fmt(med(8)):>10} {fmt(med(9)):>11}")
+    g = [r for r in rows if tuple(r[:4]) == k]
+    med = lambda f: statistics.median(f(r) for r in g)
+    rps = med(lambda r: float(r[5]))
+    ev = med(lambda r: float(r[6]) * 1e6 / float(r[7]))
+    ex = med(lambda r: float(r[6]) * 1e6 / float(r[8]))
+    per = lambda i: "-" if any(r[i] == "-" for r in g) else f"{med(lambda r: float(r[i]) / float(r[8])):.1f}"
+    p99 = med(lambda r: float(r[12]))
+    print(f"{k[0]:8} {k[1]:14} {k[2]:8} {k[3]:>5} {rps:>9.0f} {ev:>8.2f} {ex:>7.2f} {per(9):>8} {per(10):>10} {per(11):>11} {p99:>7.0f}")
 PY

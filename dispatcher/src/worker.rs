@@ -66,6 +66,43 @@ impl Driver {
     }
 }
 
+/// The setup flags of every ring a worker (or the load generator) runs on, and of the probe's.
+///
+/// - `COOP_TASKRUN`: the kernel does not interrupt the thread to post a completion; it runs
+///   completions when the thread next enters the kernel, which it does anyway to submit.
+/// - `SINGLE_ISSUER`: only the thread that made the ring submits to it (a worker owns its ring).
+/// - `DEFER_TASKRUN` (Linux 6.1+, issue 14): completion work is not run at whatever point the
+///   kernel finds convenient (on the way back from any syscall) but batched until the thread
+///   asks for completions (`io_uring_enter` with `GETEVENTS`). monoio's loop asks exactly when it
+///   runs out of tasks (`park` is `submit_and_wait(1)`, or `submit_with_args` with a timeout), so
+///   a burst of completions is run in one pass at the point the loop reaps them. Its "cold path"
+///   (`submit` with tasks still queued) does not ask, and does not reap either, so nothing is
+///   left behind that was not before. A kernel that refuses the flag gets a ring without it:
+///   checked once per process, on a two-entry ring.
+pub fn uring_builder() -> io_uring::Builder {
+    static DEFER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let defer = *DEFER.get_or_init(|| {
+        let mut b =
+            io_uring::IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry>::builder();
+        b.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        let ok = b.build(2).is_ok();
+        if !ok {
+            tracing::info!(
+                "io_uring refuses DEFER_TASKRUN (Linux 6.1 or later); rings run without it"
+            );
+        }
+        ok
+    });
+    let mut b = io_uring::IoUring::builder();
+    b.setup_coop_taskrun().setup_single_issuer();
+    if defer {
+        b.setup_defer_taskrun();
+    }
+    b
+}
+
 /// Why io_uring cannot serve here.
 #[derive(Debug, Clone)]
 pub struct UringRefusal {
@@ -125,10 +162,8 @@ fn errno_code(e: &io::Error) -> &'static str {
 
 fn probe_uring_here() -> Result<(), UringRefusal> {
     use io_uring::{opcode, types};
-    let mut builder =
-        io_uring::IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry>::builder();
-    builder.setup_coop_taskrun().setup_single_issuer();
-    let mut ring = builder.build(1024).map_err(|e| {
+    let mut ring = uring_builder()
+        .build(1024).map_err(|e| {
         let why = match e.raw_os_error() {
             Some(libc::EPERM) => "refused with EPERM (a seccomp profile such as the container runtime's default, or kernel.io_uring_disabled)",
             Some(libc::ENOSYS) => "refused with ENOSYS (the kernel has no io_uring, or a seccomp profile hides it)",
@@ -529,10 +564,8 @@ pub fn run(spec: WorkerSpec) -> io::Result<usize> {
         Driver::IoUring => {
             // One thread submits to each ring, and completions are handled when the worker next
             // enters the kernel anyway: no inter-processor interrupt per completion.
-            let mut urb = io_uring::IoUring::builder();
-            urb.setup_coop_taskrun().setup_single_issuer();
             let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .uring_builder(urb)
+                .uring_builder(uring_builder())
                 .with_entries(1024)
                 .enable_timer()
                 .attach_thread_pool(blocking)

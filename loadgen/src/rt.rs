@@ -15,10 +15,8 @@ where
         Driver::IoUring => {
             // As in the dispatcher: completions are reaped when the thread enters the kernel
             // anyway, so no interrupt per completion, and only this thread submits.
-            let mut urb = io_uring::IoUring::builder();
-            urb.setup_coop_taskrun().setup_single_issuer();
             Ok(monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .uring_builder(urb)
+                .uring_builder(imc_dispatcher::worker::uring_builder())
                 .with_entries(4096)
                 .enable_timer()
                 .build()?
