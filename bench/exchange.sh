@@ -85,7 +85,11 @@ for rep in $(seq 1 "$REPS"); do
 for driver in $DRIVERS; do
 for conns in $CONNS; do
 for server in $SERVERS; do
-for build in $BUILDS; do
+# Odd repetitions run the builds in the order given, even ones in reverse: a bias for whichever
+# runs first (or second) falls on each build alike.
+order=$BUILDS
+[ $((rep % 2)) = 0 ] && order=$(printf '%s\n' $BUILDS | tac | tr '\n' ' ')
+for build in $order; do
   label=${build%%=*}; SRV=${build#*=}
   if [ "$server" = sink ]; then
     taskset -c 0 "$SRV/imc-loadgen" sink --listen "127.0.0.1:$PORT" --io-driver "$driver" 2> "$OUT/server.log" &
@@ -163,7 +167,7 @@ keys = []
 for r in rows:
     if tuple(r[:4]) not in keys:
         keys.append(tuple(r[:4]))
-order = {b: i for i, b in enumerate(dict.fromkeys(r[0] for r in rows))}
+order = {b: i for i, b in enumerate(dict.fromkeys(r[0] for r in rows if r[4] == "1"))}
 # Grouped by point, the builds side by side in the order given.
 keys.sort(key=lambda k: (k[1], k[2], -int(k[3]), order[k[0]]))
 for k in keys:

@@ -7,6 +7,13 @@
 //! array of futures per event (their results are folded into one flag, not collected). Timers
 //! (retry backoff, per-attempt timeout) live on the worker's runtime: a waiting retry costs no
 //! thread and no copy.
+//!
+//! Clock (issue 14): the event's start is read once, by the ingress, and passed down; every
+//! subscriber reads the clock once more, when its attempt ends, and that reading closes both the
+//! attempt's and the chain's latency (and opens the next step's, a reply or a dead letter). With
+//! `--no-metrics` nothing here reads the clock. The pool's idle stamps use the worker's coarse
+//! clock. Before: seven reads per subscriber (chain start and end, attempt start and end, pool
+//! take and put, the ingress's own).
 
 use std::cell::Cell;
 use std::time::{Duration, Instant, SystemTime};
@@ -50,18 +57,19 @@ impl OutEvent {
 
 /// Delivers to every subscriber; true when every subscriber's chain succeeded (zero subscribers
 /// succeed). Subscribers that succeeded are not undone when another fails (upstream: the sender
-/// retries, and they get duplicates).
-pub async fn fan_out(w: &Worker, chan: &Channel, ev: &OutEvent) -> bool {
+/// retries, and they get duplicates). `start`: when the ingress took the event, where latencies
+/// are recorded (None with `--no-metrics`); every subscriber's dispatch latency counts from it.
+pub async fn fan_out(w: &Worker, chan: &Channel, ev: &OutEvent, start: Option<Instant>) -> bool {
     match &*chan.subscribers {
         [] => true,
-        [one] => chain(w, chan, one, ev).await,
+        [one] => chain(w, chan, one, ev, start).await,
         many => {
             // Each chain folds its result into one flag, so that `join_all` collects `()`s (a
             // vector of a zero-sized type does not allocate): the array of the futures
             // themselves is the only allocation of a multi-subscriber event.
             let all_ok = Cell::new(true);
             join_all(many.iter().map(|s| async {
-                if !chain(w, chan, s, ev).await {
+                if !chain(w, chan, s, ev, start).await {
                     all_ok.set(false);
                 }
             }))
@@ -72,16 +80,39 @@ pub async fn fan_out(w: &Worker, chan: &Channel, ev: &OutEvent) -> bool {
 }
 
 /// Subscriber, then reply, then dead-letter sink. True when the chain ended in success.
-async fn chain(w: &Worker, chan: &Channel, sub: &Subscriber, ev: &OutEvent) -> bool {
-    let start = w.metrics.enabled.then(Instant::now);
-    let (ok, status, outcome) = chain_steps(w, chan, sub, ev).await;
-    if let Some(t) = start {
+async fn chain(
+    w: &Worker,
+    chan: &Channel,
+    sub: &Subscriber,
+    ev: &OutEvent,
+    start: Option<Instant>,
+) -> bool {
+    let mut clock = Clock { at: start };
+    let (ok, status, outcome) = chain_steps(w, chan, sub, ev, &mut clock).await;
+    if let (Some(t0), Some(t1)) = (start, clock.at) {
         let names = chan.names(sub);
         sub.series
-            .dispatched(&w.metrics, &names, status, t.elapsed());
+            .dispatched(&w.metrics, &names, status, t1.saturating_duration_since(t0));
         sub.series.outcome(&w.metrics, &names, outcome);
     }
     ok
+}
+
+/// A subscriber chain's last clock reading: its start, then the end of its latest attempt
+/// (which is where the next attempt starts). None when latencies are not recorded.
+struct Clock {
+    at: Option<Instant>,
+}
+
+impl Clock {
+    /// Reads the clock (only where latencies are recorded) and returns the time since the last
+    /// reading.
+    fn lap(&mut self) -> Option<Duration> {
+        let last = self.at?;
+        let now = Instant::now();
+        self.at = Some(now);
+        Some(now.saturating_duration_since(last))
+    }
 }
 
 /// The chain itself: whether it succeeded, the status of its last call (upstream's dispatch
@@ -91,13 +122,15 @@ async fn chain_steps(
     chan: &Channel,
     sub: &Subscriber,
     ev: &OutEvent,
+    clock: &mut Clock,
 ) -> (bool, u16, Outcome) {
     let Some(dest) = &sub.target else {
         // Neither subscriberUri nor replyUri: upstream fails at once, without the DLS.
         w.log_failure(chan, sub, "", &Failure::NoDestination, None);
         return (false, 0, Outcome::Failed);
     };
-    let failure = match attempts(w, chan, sub, dest, &ev.head, &Bytes::new(), &ev.body).await {
+    let failure = match attempts(w, chan, sub, dest, &ev.head, &Bytes::new(), &ev.body, clock).await
+    {
         Ok(resp) => {
             let done = (true, resp.status, Outcome::Delivered);
             let Some(reply) = &sub.reply else {
@@ -108,18 +141,21 @@ async fn chain_steps(
                 return done; // not an event
             };
             // The reply's own response is ignored, even if it is an event: one level only.
-            return match attempts(w, chan, sub, reply, &head, &Bytes::new(), &resp.body).await {
+            return match attempts(w, chan, sub, reply, &head, &Bytes::new(), &resp.body, clock)
+                .await
+            {
                 Ok(r) => (true, r.status, Outcome::Delivered),
-                Err(f) => dead_letter(w, chan, sub, ev, reply, f, &pass).await,
+                Err(f) => dead_letter(w, chan, sub, ev, reply, f, &pass, clock).await,
             };
         }
         Err(f) => f,
     };
-    dead_letter(w, chan, sub, ev, dest, failure, ev.passthrough()).await
+    dead_letter(w, chan, sub, ev, dest, failure, ev.passthrough(), clock).await
 }
 
 /// Sends the original event with the error extensions of `failure` at `failed` to the
 /// subscriber's dead-letter sink; a sink that takes it makes the chain a success.
+#[allow(clippy::too_many_arguments)]
 async fn dead_letter(
     w: &Worker,
     chan: &Channel,
@@ -128,6 +164,7 @@ async fn dead_letter(
     failed: &Dest,
     failure: Failure,
     passthrough: &[u8],
+    clock: &mut Clock,
 ) -> (bool, u16, Outcome) {
     let Some(dls) = &sub.dead_letter else {
         w.log_failure(chan, sub, &failed.url, &failure, None);
@@ -140,7 +177,7 @@ async fn dead_letter(
         passthrough,
         ev.body.len(),
     );
-    match attempts(w, chan, sub, dls, &ev.attrs(), &extra, &ev.body).await {
+    match attempts(w, chan, sub, dls, &ev.attrs(), &extra, &ev.body, clock).await {
         Ok(r) => {
             tracing::debug!(url = &*failed.url, error = %failure, dead_letter = &*dls.url, "dead-lettered");
             (true, r.status, Outcome::DeadLettered)
@@ -160,7 +197,9 @@ async fn dead_letter(
 
 /// One call with its retry policy: `retry + 1` attempts at most, the zero-based backoff (or a
 /// longer Retry-After where allowed) between them, each attempt bounded by the policy's timeout.
-/// No policy: one attempt, no timeout.
+/// No policy: one attempt, no timeout. Each attempt's latency runs from `clock`'s last reading
+/// (the chain's start, the previous step's end, or the end of the backoff) to its own end.
+#[allow(clippy::too_many_arguments)]
 async fn attempts(
     w: &Worker,
     chan: &Channel,
@@ -169,19 +208,19 @@ async fn attempts(
     head: &Bytes,
     extra: &Bytes,
     body: &Bytes,
+    clock: &mut Clock,
 ) -> Result<Response, Failure> {
     let policy = sub.policy;
     let tries = policy.map_or(1, |p| p.retry.saturating_add(1));
     let mut k = 0;
     loop {
-        let start = w.metrics.enabled.then(Instant::now);
         let result = match policy.and_then(|p| p.timeout) {
             Some(t) => monoio::time::timeout(t, w.pool.send(dest, head, extra, body))
                 .await
                 .unwrap_or(Err(Failure::Timeout)),
             None => w.pool.send(dest, head, extra, body).await,
         };
-        if let Some(t) = start {
+        if let Some(took) = clock.lap() {
             let end = match &result {
                 Ok(r) => AttemptEnd::Status(r.status),
                 Err(Failure::Timeout) => AttemptEnd::Error("timeout"),
@@ -190,8 +229,7 @@ async fn attempts(
             };
             let at = (&*chan.namespace, &*chan.name);
             let target = (&*dest.host, dest.port, dest.scheme());
-            dest.series
-                .attempt(&w.metrics, target, at, end, t.elapsed());
+            dest.series.attempt(&w.metrics, target, at, end, took);
         }
         let failure = match result {
             Ok(resp) if (200..300).contains(&resp.status) => return Ok(resp),
@@ -211,6 +249,8 @@ async fn attempts(
             let delay = p.delay_after(k, failure.retry_after());
             if !delay.is_zero() {
                 monoio::time::sleep(delay).await;
+                // The backoff is not the next attempt's latency.
+                clock.lap();
             }
         }
     }

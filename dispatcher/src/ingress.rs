@@ -232,10 +232,11 @@ impl Connection {
         }
         // 1. The head, within the idle timeout before its first byte and the header read
         //    timeout after it (D5).
+        //    The deadline is set on the first pass that finds bytes but no whole head, so a
+        //    head that arrives in one read costs no clock read (issue 14).
         let mut deadline: Option<Instant> = None;
         loop {
             if !self.buf.is_empty() {
-                let at = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
                 match parse_request(
                     &self.buf,
                     limits.max_head,
@@ -244,7 +245,9 @@ impl Connection {
                 ) {
                     Ok(true) => break,
                     Ok(false) => {
-                        let left = at.saturating_duration_since(Instant::now());
+                        let now = Instant::now();
+                        let at = *deadline.get_or_insert(now + limits.header_timeout);
+                        let left = at.saturating_duration_since(now);
                         match self.read_more(READ_CHUNK, left).await {
                             Ok(_) => continue,
                             Err(ReadStop::TimedOut) => {
@@ -464,19 +467,25 @@ impl Connection {
             return self.answer(answer::OVERLOADED, keep_alive).await;
         };
 
+        // The ingress's one clock reading of this event, where latencies are recorded: every
+        // subscriber's dispatch latency counts from it.
+        let start = self.pending.as_ref().map(|p| p.start);
+
         // 5a. Async channels (D9: the annotation is re-read on every update): 202 now, delivery
         //     in the background, bounded by the same in-flight slots (D11).
         if channel.async_handler {
             let (bw, chan) = (w.clone(), channel.clone());
             monoio::spawn(async move {
                 let _held = (slot, charge);
-                let _ = monoio::time::timeout(WATCHDOG, fan_out(&bw, &chan, &event)).await;
+                let _ = monoio::time::timeout(WATCHDOG, fan_out(&bw, &chan, &event, start)).await;
             });
             return self.answer(answer::ACCEPTED, keep_alive).await;
         }
 
         // 5b. Sync: deliver, then answer 202 once every subscriber chain succeeded, 500 otherwise.
-        let ok = self.deliver_watching(fan_out(w, &channel, &event)).await;
+        let ok = self
+            .deliver_watching(fan_out(w, &channel, &event, start))
+            .await;
         drop((slot, event, charge));
         match ok {
             Some(ok) => {

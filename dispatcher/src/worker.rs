@@ -626,7 +626,9 @@ async fn main_loop(spec: WorkerSpec) -> io::Result<usize> {
     monoio::spawn(async move {
         loop {
             ticker.refresh();
-            ticker.last_tick.set(Instant::now());
+            let now = Instant::now();
+            ticker.last_tick.set(now);
+            ticker.pool.tick(now);
             ticker.encryption.set(ticker.hub.encryption());
             // The drain flag is looked at here only, not on every request.
             if !ticker.draining.get() && ticker.hub.is_draining() {
