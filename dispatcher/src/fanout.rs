@@ -16,6 +16,7 @@
 //! take and put, the ingress's own).
 
 use std::cell::Cell;
+use std::pin::pin;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -141,16 +142,38 @@ async fn chain_steps(
                 return done; // not an event
             };
             // The reply's own response is ignored, even if it is an event: one level only.
-            return match attempts(w, chan, sub, reply, &head, &Bytes::new(), &resp.body, clock)
-                .await
+            // Boxed: a reply, and a dead letter below, are the uncommon steps of a chain; inline,
+            // each would add a whole send's state to every subscriber's future, copied on every
+            // event. One allocation when there is a reply to send.
+            return match Box::pin(attempts(
+                w,
+                chan,
+                sub,
+                reply,
+                &head,
+                &Bytes::new(),
+                &resp.body,
+                clock,
+            ))
+            .await
             {
                 Ok(r) => (true, r.status, Outcome::Delivered),
-                Err(f) => dead_letter(w, chan, sub, ev, reply, f, &pass, clock).await,
+                Err(f) => Box::pin(dead_letter(w, chan, sub, ev, reply, f, &pass, clock)).await,
             };
         }
         Err(f) => f,
     };
-    dead_letter(w, chan, sub, ev, dest, failure, ev.passthrough(), clock).await
+    Box::pin(dead_letter(
+        w,
+        chan,
+        sub,
+        ev,
+        dest,
+        failure,
+        ev.passthrough(),
+        clock,
+    ))
+    .await
 }
 
 /// Sends the original event with the error extensions of `failure` at `failed` to the
@@ -214,11 +237,14 @@ async fn attempts(
     let tries = policy.map_or(1, |p| p.retry.saturating_add(1));
     let mut k = 0;
     loop {
+        // One send future in this state, with or without the timeout around it (two call
+        // sites would lay out two).
+        let mut send = pin!(w.pool.send(dest, head, extra, body));
         let result = match policy.and_then(|p| p.timeout) {
-            Some(t) => monoio::time::timeout(t, w.pool.send(dest, head, extra, body))
+            Some(t) => monoio::time::timeout(t, send.as_mut())
                 .await
                 .unwrap_or(Err(Failure::Timeout)),
-            None => w.pool.send(dest, head, extra, body).await,
+            None => send.await,
         };
         if let Some(took) = clock.lap() {
             let end = match &result {

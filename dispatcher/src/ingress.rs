@@ -10,7 +10,7 @@
 //! that the client reads the answer instead of a reset.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -483,9 +483,13 @@ impl Connection {
         }
 
         // 5b. Sync: deliver, then answer 202 once every subscriber chain succeeded, 500 otherwise.
-        let ok = self
-            .deliver_watching(fan_out(w, &channel, &event, start))
-            .await;
+        // Pinned here, once: the fan-out is the largest future of a request, and handing it to
+        // `deliver_watching` by value would store it twice in this connection's state and copy
+        // it on every event (issue 14).
+        let ok = {
+            let fan = pin!(fan_out(w, &channel, &event, start));
+            self.deliver_watching(fan).await
+        };
         drop((slot, event, charge));
         match ok {
             Some(ok) => {
@@ -501,8 +505,10 @@ impl Connection {
     /// Awaits a sync fan-out. If it outlasts `WATCH_AFTER`, the client's socket is watched too:
     /// a client that disconnects cancels the fan-out and every delivery in it (contract §2.6);
     /// bytes it pipelines meanwhile are kept for the next request. `None`: the client is gone.
-    async fn deliver_watching(&mut self, fan: impl Future<Output = bool>) -> Option<bool> {
-        let mut fan = pin!(fan);
+    async fn deliver_watching(
+        &mut self,
+        mut fan: Pin<&mut impl Future<Output = bool>>,
+    ) -> Option<bool> {
         if let Ok(ok) = monoio::time::timeout(WATCH_AFTER, fan.as_mut()).await {
             return Some(ok);
         }

@@ -260,7 +260,10 @@ impl Pool {
                 Err(ExchangeError::Failed(f)) => return Err(f),
             }
         }
-        let mut conn = self.connect(dest, idle).await?;
+        // Boxed: a new connection (DNS, connect, maybe a TLS handshake) is the pool's miss path,
+        // and its state is four times an exchange's; inline it would be laid out, and copied,
+        // in every send of every event (issue 14). One allocation per new connection.
+        let mut conn = Box::pin(self.connect(dest, idle)).await?;
         match self.exchange(&mut conn, dest, [head, extra, body]).await {
             Ok((resp, keep)) => {
                 if keep {
