@@ -87,13 +87,18 @@ pub fn uring_builder() -> io_uring::Builder {
         b.setup_coop_taskrun()
             .setup_single_issuer()
             .setup_defer_taskrun();
-        let ok = b.build(2).is_ok();
-        if !ok {
-            tracing::info!(
-                "io_uring refuses DEFER_TASKRUN (Linux 6.1 or later); rings run without it"
-            );
+        match b.build(2) {
+            Ok(_) => true,
+            // EINVAL: a kernel without the flag. Any other refusal (EPERM under seccomp, ENOSYS)
+            // refuses every ring, and the probe says so; it is not about this flag.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!(
+                    "io_uring refuses DEFER_TASKRUN (Linux 6.1 or later); rings run without it"
+                );
+                false
+            }
+            Err(_) => false,
         }
-        ok
     });
     let mut b = io_uring::IoUring::builder();
     b.setup_coop_taskrun().setup_single_issuer();
