@@ -46,6 +46,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/exchange.sh [-r REPS] [-d DUR] [-c \"64 8\"] [-D \"io-uring epoll\"] [-n \"1 4\"] [-b \"LABEL=DIR ...\"]" >&2; exit 2;;
   esac
 done
+. bench/rig-tools.sh
 cargo build --release -q -p imc-dispatcher -p imc-loadgen
 BIN=$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)
 [ -n "$BUILDS" ] || BUILDS="this=$BIN"
@@ -76,10 +77,7 @@ printf "build\tserver\tdriver\tconns\trep\trps\tcpu_s\tevents\texchanges\tsyscal
 SERVERS="sink"
 for n in $FANOUT; do
   SERVERS="$SERVERS dispatcher-n$n"
-  {
-    printf 'apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: demo, namespace: default}\nspec:\n  subscribers:\n'
-    for i in $(seq 1 "$n"); do printf '  - {uid: s%s, subscriberUri: "http://127.0.0.1:%s/s%s"}\n' "$i" "$SUB" "$i"; done
-  } > "$OUT/channels-n$n.yaml"
+  channel_file "$OUT/channels-n$n.yaml" $(for i in $(seq 1 "$n"); do echo "http://127.0.0.1:$SUB/s$i"; done)
 done
 for rep in $(seq 1 "$REPS"); do
 for driver in $DRIVERS; do
@@ -102,10 +100,7 @@ for build in $order; do
     taskset -c 0 "$SRV/imc-dispatcher" --channels "$OUT/channels-n$n.yaml" --listen "127.0.0.1:$PORT" \
       --metrics-listen 127.0.0.1:0 --workers 1 --io-driver "$driver" 2> "$OUT/server.log" &
     srv=$!; pids+=($srv); per_event=$((1 + n)); host=(--host demo-kn-channel.default.svc.cluster.local)
-    for _ in $(seq 1 100); do
-      [ "$(curl -s -o /dev/null -w '%{http_code}' -A kube-probe/1.30 "http://127.0.0.1:$PORT/")" = 204 ] && break
-      sleep 0.05
-    done
+    wait_ready "$PORT" 100 0.05 || true
   fi
   secs=${DUR%s}
   # The measured interval starts after the warm-up: CPU sampled, perf attached for DUR.

@@ -26,6 +26,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/instructions.sh [-n \"1 4\"] [-b \"LABEL=DIR ...\"] [-e \"E1 E2\"]" >&2; exit 2;;
   esac
 done
+. bench/rig-tools.sh
 command -v valgrind >/dev/null || { apt-get install -y -qq valgrind >/dev/null; }
 cargo build --release -q -p imc-dispatcher -p imc-loadgen
 BIN=$(cd "${CARGO_TARGET_DIR:-target}/release" && pwd)
@@ -47,10 +48,7 @@ ir_of() { # build n events -> total Ir of the dispatcher process
     --workers 1 --io-driver epoll 2> "$OUT/server.log" &
   local d=$!
   pids+=($d)
-  for _ in $(seq 1 600); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -A kube-probe/1.30 "http://127.0.0.1:$PORT/")" = 204 ] && break
-    sleep 0.1
-  done
+  wait_ready "$PORT" 600 || { echo "instructions.sh: the dispatcher under callgrind never got ready" >&2; cat "$OUT/server.log" >&2; exit 1; }
   "$BIN/imc-loadgen" send "http://127.0.0.1:$PORT/" --host demo-kn-channel.default.svc.cluster.local \
     -c 8 -n "$events" -q --json > "$OUT/send.json"
   kill -TERM "$d"
@@ -67,10 +65,7 @@ PY
 "$BIN/imc-loadgen" sink --listen "127.0.0.1:$SUB" 2> "$OUT/sub.log" &
 pids+=($!)
 for n in $FANOUT; do
-  {
-    printf 'apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: demo, namespace: default}\nspec:\n  subscribers:\n'
-    for i in $(seq 1 "$n"); do printf '  - {uid: s%s, subscriberUri: "http://127.0.0.1:%s/s%s"}\n' "$i" "$SUB" "$i"; done
-  } > "$OUT/channels-n$n.yaml"
+  channel_file "$OUT/channels-n$n.yaml" $(for i in $(seq 1 "$n"); do echo "http://127.0.0.1:$SUB/s$i"; done)
 done
 printf "%-8s %3s %16s %16s\n" build N "instr/event" "instr/delivery"
 for n in $FANOUT; do

@@ -13,6 +13,7 @@
 # Traffic stays on 127.0.0.1; every run is bounded by DUR. Raw rows: target/bench-results/loadgen-e2e/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/rig-tools.sh
 REPS=3
 DUR=10s
 BEFORE=""
@@ -41,14 +42,7 @@ for rep in $(seq 1 "$REPS"); do
   for n in 1 4; do
   for build in "${builds[@]}"; do
     label=${build%%=*}; dispatcher=${build#*=}
-    {
-      echo "apiVersion: messaging.knative.dev/v1"
-      echo "kind: InMemoryChannel"
-      echo "metadata: {name: demo, namespace: default}"
-      echo "spec:"
-      echo "  subscribers:"
-      for i in $(seq 1 "$n"); do echo "  - {uid: s$i, subscriberUri: \"http://127.0.0.1:$((19000 + i))/\"}"; done
-    } > "$OUT/channels.yaml"
+    channel_file "$OUT/channels.yaml" $(for i in $(seq 1 "$n"); do echo "http://127.0.0.1:$((19000 + i))/"; done)
     for i in $(seq 1 "$n"); do
       taskset -c 1 "$BIN/imc-loadgen" sink --listen "127.0.0.1:$((19000 + i))" 2> "$OUT/sink$i.log" &
       pids+=($!)
@@ -56,10 +50,7 @@ for rep in $(seq 1 "$REPS"); do
     taskset -c 0 "$dispatcher" --channels "$OUT/channels.yaml" --listen "127.0.0.1:$PORT" \
       --metrics-listen 127.0.0.1:0 --workers 1 "$@" 2> "$OUT/dispatcher.log" &
     disp=$!; pids+=($disp)
-    for _ in $(seq 1 100); do
-      [ "$(curl -s -o /dev/null -w '%{http_code}' -A kube-probe/1.30 "http://127.0.0.1:$PORT/")" = 204 ] && break
-      sleep 0.1
-    done
+    wait_ready "$PORT" || true
     # Dispatcher CPU over the measured interval only: sampled after the 2 s warm-up.
     ( sleep 2; awk '{ print $14 + $15 }' "/proc/$disp/stat" > "$OUT/cpu0" ) &
     sampler=$!

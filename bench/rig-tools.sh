@@ -1,5 +1,7 @@
-# Sourced by the end-to-end scripts: the shared rig's file $1 must sit beside the project, and
-# nginx-light and wrk are installed with apt-get when missing.
+# Sourced by the benchmark scripts; it only defines functions.
+#
+# need_rig: the shared rig's file $1 must sit beside the project, and nginx-light and wrk are
+# installed with apt-get when missing.
 need_rig() {
   [ -e "../shared/bench/$1" ] || {
     echo "../shared/bench/$1 not found (the shared benchmark rig sits beside the project)" >&2
@@ -38,4 +40,26 @@ http {
 $servers
 }
 NGINX
+}
+
+# Writes to $1 the InMemoryChannel every benchmark serves (default/demo, so its host is
+# demo-kn-channel.default.svc.cluster.local), with one subscriber per further argument: the
+# subscriber URIs, uids s1, s2, ...
+channel_file() {
+  local file=$1 i=0 uri; shift
+  {
+    printf 'apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: demo, namespace: default}\nspec:\n  subscribers:\n'
+    for uri in "$@"; do i=$((i + 1)); printf '  - {uid: s%s, subscriberUri: "%s"}\n' "$i" "$uri"; done
+  } > "$file"
+}
+
+# Waits until the dispatcher on 127.0.0.1:$1 answers the kubelet's readiness probe (204), polling
+# $2 times (default 100) every $3 s (default 0.1). Fails when it never does.
+wait_ready() {
+  local port=$1 tries=${2:-100} pause=${3:-0.1}
+  for _ in $(seq 1 "$tries"); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -A kube-probe/1.30 "http://127.0.0.1:$port/")" = 204 ] && return 0
+    sleep "$pause"
+  done
+  return 1
 }

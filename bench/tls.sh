@@ -67,29 +67,15 @@ pids+=($!)
 sleep 0.5
 
 start_dispatcher() { # out-scheme n
-  {
-    echo "apiVersion: messaging.knative.dev/v1"
-    echo "kind: InMemoryChannel"
-    echo "metadata: {name: demo, namespace: default}"
-    echo "spec:"
-    echo "  subscribers:"
-    for i in $(seq 0 $(($2 - 1))); do
-      if [ "$1" = https ]; then
-        echo "  - {uid: s$i, subscriberUri: \"https://localhost:$((TLS_SINK + i))/\"}"
-      else
-        echo "  - {uid: s$i, subscriberUri: \"http://127.0.0.1:$((SINK + i))/\"}"
-      fi
-    done
-  } > "$OUT/channels.yaml"
+  channel_file "$OUT/channels.yaml" $(for i in $(seq 0 $(($2 - 1))); do
+    if [ "$1" = https ]; then echo "https://localhost:$((TLS_SINK + i))/"; else echo "http://127.0.0.1:$((SINK + i))/"; fi
+  done)
   taskset -c 0 "$BIN" --channels "$OUT/channels.yaml" --listen "127.0.0.1:$PORT" \
     --tls-listen "127.0.0.1:$TLS_PORT" --metrics-listen 127.0.0.1:0 --workers 1 \
     --tls-cert "$OUT/pki/tls.crt" --tls-key "$OUT/pki/tls.key" --transport-encryption permissive \
     --custom-certs-dir "$OUT/pki/trust" 2> "$OUT/dispatcher.log" &
   DISP=$!; pids+=($DISP)
-  for _ in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -A kube-probe/1.30 "http://127.0.0.1:$PORT/")" = 204 ] && return 0
-    sleep 0.1
-  done
+  wait_ready "$PORT" && return 0
   echo "dispatcher not ready; log:" >&2; cat "$OUT/dispatcher.log" >&2; exit 1
 }
 stop_dispatcher() { kill "$DISP" 2>/dev/null || true; wait "$DISP" 2>/dev/null || true; }
