@@ -12,9 +12,12 @@
 #     only the server changes. Rows interleave the builds within each repetition, so drift on the
 #     shared machine falls on both. Without -b: one build, this tree's, labelled "this".
 #
-# Two servers, each alone on core 0 with `imc-loadgen send` (1 KiB binary events, closed loop,
+# Three servers, each alone on core 0 with `imc-loadgen send` (1 KiB binary events, closed loop,
 # io_uring) on core 1:
 #   sink        `imc-loadgen sink`: one exchange per event;
+#   ring-sink   `imc-loadgen ring-sink` (io-uring rows only; builds that have it): the same
+#               exchange on an io_uring driven by hand, with fixed files, multishot receive and a
+#               provided-buffer ring, which monoio does not use: what moving off monoio could give;
 #   dispatcher  `imc-dispatcher --workers 1` with one subscriber (an `imc-loadgen sink` on core 1):
 #               two exchanges per event (the sender's, and its own to the subscriber as a client);
 #               its figure is per exchange, i.e. CPU per event / 2.
@@ -74,7 +77,7 @@ echo "perf: syscall tracepoints $([ $tracepoints = 1 ] && echo yes || echo no), 
 cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 printf "build\tserver\tdriver\tconns\trep\trps\tcpu_s\tevents\texchanges\tsyscalls\tinstructions\tcycles\tp99_us\n" > "$OUT/raw.tsv"
-SERVERS="sink"
+SERVERS="sink ring-sink"
 for n in $FANOUT; do
   SERVERS="$SERVERS dispatcher-n$n"
   channel_file "$OUT/channels-n$n.yaml" $(for i in $(seq 1 "$n"); do echo "http://127.0.0.1:$SUB/s$i"; done)
@@ -89,7 +92,12 @@ order=$BUILDS
 [ $((rep % 2)) = 0 ] && order=$(printf '%s\n' $BUILDS | tac | tr '\n' ' ')
 for build in $order; do
   label=${build%%=*}; SRV=${build#*=}
-  if [ "$server" = sink ]; then
+  if [ "$server" = ring-sink ]; then
+    [ "$driver" = io-uring ] && "$SRV/imc-loadgen" ring-sink --help >/dev/null 2>&1 || continue
+    taskset -c 0 "$SRV/imc-loadgen" ring-sink --listen "127.0.0.1:$PORT" 2> "$OUT/server.log" &
+    srv=$!; pids+=($srv); per_event=1; host=()
+    for _ in $(seq 1 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/")" = 202 ] && break; sleep 0.05; done
+  elif [ "$server" = sink ]; then
     taskset -c 0 "$SRV/imc-loadgen" sink --listen "127.0.0.1:$PORT" --io-driver "$driver" 2> "$OUT/server.log" &
     srv=$!; pids+=($srv); per_event=1; host=()
     for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/report" && break; sleep 0.05; done

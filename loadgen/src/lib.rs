@@ -7,6 +7,8 @@
 //! - [`sink`]: receives events on one `SO_REUSEPORT` listener per thread, answers a configurable
 //!   status with optional faults (errors, delays, resets, stalls), counts deliveries per event id
 //!   and reports ids missing or delivered twice against the sender's id range.
+//! - [`ring`]: `ring-sink`, a minimal sink on an io_uring driven by hand (fixed files, multishot
+//!   accept and receive, a provided-buffer ring): the I/O floor `bench/exchange.sh` compares with.
 //! - [`display`]: prints an event the way Knative's `event_display` does.
 //! - [`report`] and [`html`]: the run report (JSON, table) and its self-contained HTML page.
 //!
@@ -17,6 +19,7 @@ pub mod display;
 pub mod event;
 pub mod html;
 pub mod report;
+pub mod ring;
 pub mod rt;
 pub mod send;
 pub mod sink;

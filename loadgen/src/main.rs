@@ -32,6 +32,20 @@ enum Cmd {
     Send(SendArgs),
     /// Receive events, count them per id, and report missing and duplicate ids.
     Sink(SinkArgs),
+    /// A minimal sink on an io_uring driven by hand (fixed files, multishot receive, provided
+    /// buffers): every request answered with one status, nothing counted per id. The floor that
+    /// bench/exchange.sh measures `sink` against.
+    RingSink(RingSinkArgs),
+}
+
+#[derive(Args)]
+struct RingSinkArgs {
+    /// Address to listen on (port 0: any free port, printed on stderr).
+    #[arg(short, long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// The status of every answer.
+    #[arg(long, default_value_t = 202, value_parser = clap::value_parser!(u16).range(200..600))]
+    status: u16,
 }
 
 #[derive(Args)]
@@ -325,11 +339,29 @@ fn run_sink(a: SinkArgs) -> Result<ExitCode, String> {
     })
 }
 
+fn run_ring_sink(a: RingSinkArgs) -> Result<ExitCode, String> {
+    use imc_loadgen::ring;
+    let stop = stop_flag();
+    let stats = Arc::new(ring::Stats::default());
+    let status = imc_loadgen::sink::answer(a.status);
+    ring::serve(a.listen, status, stop, stats.clone(), |addr| {
+        eprintln!("ring-sink listening on {addr} (io_uring: fixed files, multishot receive, provided buffers)");
+    })
+    .map_err(|e| format!("ring-sink on {}: {e}", a.listen))?;
+    eprintln!(
+        "ring-sink: {} requests answered on {} connections",
+        stats.requests.load(Ordering::Relaxed),
+        stats.connections.load(Ordering::Relaxed)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Send(a) => run_send(a),
         Cmd::Sink(a) => run_sink(a),
+        Cmd::RingSink(a) => run_ring_sink(a),
     };
     match res {
         Ok(code) => code,

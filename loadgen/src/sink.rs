@@ -379,7 +379,7 @@ fn structured_id(body: &[u8]) -> Option<Cow<'_, str>> {
 }
 
 /// A prebuilt answer with an empty body. Built once per status at start-up.
-fn answer(status: u16) -> &'static [u8] {
+pub fn answer(status: u16) -> &'static [u8] {
     let reason = ::http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
