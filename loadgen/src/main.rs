@@ -46,6 +46,13 @@ struct RingSinkArgs {
     /// The status of every answer.
     #[arg(long, default_value_t = 202, value_parser = clap::value_parser!(u16).range(200..600))]
     status: u16,
+    /// The id range a `send` run reported (START..END, end exclusive): check, in the report
+    /// printed at exit, that each id was accepted exactly once.
+    #[arg(long, value_parser = sink::parse_range, value_name = "START..END")]
+    expect: Option<IdRange>,
+    /// Print the report at exit as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -341,11 +348,29 @@ fn run_sink(a: SinkArgs) -> Result<ExitCode, String> {
 
 fn run_ring_sink(a: RingSinkArgs) -> Result<ExitCode, String> {
     use imc_loadgen::ring;
+    let opts = SinkOpts {
+        listen: a.listen,
+        threads: 1,
+        driver: Driver::IoUring,
+        status: a.status,
+        fail_rate: 0.0,
+        fail_status: a.status,
+        delay: Duration::ZERO,
+        reset_rate: 0.0,
+        stall_rate: 0.0,
+        seed: 1,
+        expect: a.expect,
+        display: false,
+    };
+    sink::check_expect(&opts).map_err(|e| e.to_string())?;
     let stop = stop_flag();
     let stats = Arc::new(ring::Stats::default());
-    let status = imc_loadgen::sink::answer(a.status);
-    ring::serve(a.listen, status, stop, stats.clone(), |addr| {
-        eprintln!("ring-sink listening on {addr} (io_uring: fixed files, multishot receive, provided buffers)");
+    let status = sink::answer(a.status);
+    let counts = sink::Sink::new(opts, a.listen);
+    ring::serve(a.listen, &counts, status, stop, stats.clone(), |addr| {
+        eprintln!(
+            "ring-sink listening on {addr} (io_uring: fixed files, multishot receive, provided buffers)"
+        );
     })
     .map_err(|e| format!("ring-sink on {}: {e}", a.listen))?;
     eprintln!(
@@ -353,7 +378,17 @@ fn run_ring_sink(a: RingSinkArgs) -> Result<ExitCode, String> {
         stats.requests.load(Ordering::Relaxed),
         stats.connections.load(Ordering::Relaxed)
     );
-    Ok(ExitCode::SUCCESS)
+    let report = counts.report();
+    if a.json {
+        out(&json(&report)?);
+    } else {
+        eprint!("{}", report.table());
+    }
+    Ok(if report.expect.is_none() || report.complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn main() -> ExitCode {

@@ -7,10 +7,11 @@
 //! It exists to be measured against `imc-loadgen sink` on the same kernel (`bench/exchange.sh`
 //! runs both): the difference is what moving the hot sockets off monoio's `TcpStream` could give,
 //! before anyone rewrites the dispatcher's I/O layer for it. So it does the same per-request work
-//! the sink does on its fast path (the head parsed by the dispatcher's parser, the body counted
-//! and dropped, a prebuilt answer), and nothing of the sink's accounting: no ids, no faults, no
-//! report. Every complete request is answered with the one status given (`/report`, probes and
-//! methods included); a body must be framed by `Content-Length` (a chunked one is answered 411
+//! the sink does on its fast path: the head parsed by the dispatcher's parser, the event counted
+//! per id in the sink's own counters ([`Sink::accept_head`]: the `ce-id` header; a structured
+//! event's id is in its body, which is dropped unread, so it counts as without id), the body
+//! dropped, a prebuilt answer. It has none of the sink's faults and no `/report`: every complete
+//! request is answered with the one status given (probes and every method included); a body must be framed by `Content-Length` (a chunked one is answered 411
 //! and the connection closed), and a bad head gets the dispatcher's answer for it, then close.
 //! Pipelined requests are answered in order. One thread, one ring; Linux 6.1 or later.
 
@@ -21,6 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use imc_dispatcher::http::{parse_request, RequestHead};
+
+use crate::sink::Sink;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 const MAX_HEAD: usize = 64 << 10;
@@ -86,10 +89,10 @@ impl Conn {
     }
 
     /// Parses what `data` completes; answers go to `queued`. Returns the requests answered.
-    fn absorb(&mut self, data: &[u8], ok: &[u8]) -> u64 {
+    fn absorb(&mut self, data: &[u8], ok: &[u8], sink: &Sink) -> u64 {
         if self.carry.is_empty() {
             // The usual case: requests parsed where they lie, in the provided buffer.
-            let (answered, used) = self.consume(data, ok);
+            let (answered, used) = self.consume(data, ok, sink);
             if used < data.len() && !self.closing {
                 self.carry.extend_from_slice(&data[used..]);
             }
@@ -97,7 +100,7 @@ impl Conn {
         } else {
             let mut carry = std::mem::take(&mut self.carry);
             carry.extend_from_slice(data);
-            let (answered, used) = self.consume(&carry, ok);
+            let (answered, used) = self.consume(&carry, ok, sink);
             carry.drain(..used);
             if self.closing {
                 carry.clear();
@@ -110,7 +113,7 @@ impl Conn {
     /// Answers the requests `buf` holds whole, dropping their bodies; returns them and the bytes
     /// used (what is left is the start of a head). The head scan's state is relative to the
     /// start of the unused part, which is where the carry starts.
-    fn consume(&mut self, buf: &[u8], ok: &[u8]) -> (u64, usize) {
+    fn consume(&mut self, buf: &[u8], ok: &[u8], sink: &Sink) -> (u64, usize) {
         let mut answered = 0;
         let mut pos = 0;
         loop {
@@ -122,13 +125,16 @@ impl Conn {
             }
             match parse_request(&buf[pos..], MAX_HEAD, MAX_HEADERS, &mut self.head) {
                 Ok(true) => {
+                    let head = &buf[pos..pos + self.head.len];
                     pos += self.head.len;
                     if self.head.chunked {
+                        sink.bad_request(0);
                         self.queued.extend_from_slice(LENGTH_REQUIRED);
                         self.closing = true;
                         continue;
                     }
                     self.body_left = self.head.content_length.unwrap_or(0);
+                    sink.accept_head(0, &self.head, head);
                     self.queued.extend_from_slice(ok);
                     answered += 1;
                     if !self.head.keep_alive {
@@ -137,6 +143,7 @@ impl Conn {
                 }
                 Ok(false) => return (answered, pos),
                 Err(e) => {
+                    sink.bad_request(0);
                     self.queued.extend_from_slice(e.answer().0);
                     self.closing = true;
                 }
@@ -210,9 +217,11 @@ impl Drop for BufRing {
     }
 }
 
-/// Binds `listen` and serves until `stop` (checked at least every 100 ms); counts in `stats`.
+/// Binds `listen` and serves until `stop` (checked at least every 100 ms). Events are counted
+/// per id in `sink` (as thread 0) as `imc-loadgen sink` counts them; connections in `stats`.
 pub fn serve(
     listen: SocketAddr,
+    sink: &Sink,
     status_line: &'static [u8],
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
@@ -300,7 +309,7 @@ pub fn serve(
                     };
                     if res > 0 {
                         let bid = cqueue::buffer_select(cqe.flags()).expect("a buffer");
-                        answered += c.absorb(bufs.buf(bid, res as usize), status_line);
+                        answered += c.absorb(bufs.buf(bid, res as usize), status_line, sink);
                         bufs.give(bid);
                     } else if res == -libc::ENOBUFS {
                         // Out of buffers: re-armed after this pass has given buffers back.

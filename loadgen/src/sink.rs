@@ -223,6 +223,42 @@ impl<T> Listed<T> {
 }
 
 impl Sink {
+    /// The counters of a sink of `opts.threads` threads on `addr` (see [`check_expect`]).
+    pub fn new(opts: SinkOpts, addr: SocketAddr) -> Sink {
+        let threads = opts.threads.max(1);
+        let expected_len = opts.expect.map_or(0, |r| r.end.saturating_sub(r.start));
+        Sink {
+            start: Instant::now(),
+            counters: (0..threads).map(|_| Counters::default()).collect(),
+            expected: (0..expected_len).map(|_| AtomicU32::new(0)).collect(),
+            others: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shard_hasher: Default::default(),
+            distinct: AtomicU64::new(0),
+            addr,
+            opts,
+        }
+    }
+
+    /// Counts one event accepted by a server other than [`start`]'s (`ring-sink`), from its head
+    /// alone: the `ce-id` header (a structured event's id is in the body: counted without id).
+    pub fn accept_head(&self, thread: usize, head: &RequestHead, head_bytes: &[u8]) {
+        let c = &self.counters[thread];
+        c.received.fetch_add(1, Ordering::Relaxed);
+        let id = event_id(head, head_bytes, b"");
+        let id = id.as_deref().map_or(Id::None, id_of);
+        if id == Id::None {
+            c.without_id.fetch_add(1, Ordering::Relaxed);
+        }
+        self.accept(thread, id);
+    }
+
+    /// Counts a request answered with a bad request status.
+    pub fn bad_request(&self, thread: usize) {
+        self.counters[thread]
+            .bad_requests
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn report(&self) -> SinkReport {
         let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
             self.counters
@@ -441,9 +477,8 @@ impl Thread {
     }
 }
 
-/// Binds the listeners and starts the sink's threads; they run until the process exits.
-pub fn start(opts: SinkOpts) -> io::Result<Arc<Sink>> {
-    let threads = opts.threads.max(1);
+/// The size of `--expect`'s range is bounded: its counters are allocated up front.
+pub fn check_expect(opts: &SinkOpts) -> io::Result<()> {
     let expected_len = opts.expect.map_or(0, |r| r.end.saturating_sub(r.start));
     if expected_len > 1 << 30 {
         return Err(io::Error::other(format!(
@@ -451,17 +486,15 @@ pub fn start(opts: SinkOpts) -> io::Result<Arc<Sink>> {
             1u64 << 30
         )));
     }
+    Ok(())
+}
+
+/// Binds the listeners and starts the sink's threads; they run until the process exits.
+pub fn start(opts: SinkOpts) -> io::Result<Arc<Sink>> {
+    let threads = opts.threads.max(1);
+    check_expect(&opts)?;
     let (listeners, addr) = imc_dispatcher::worker::bind_listeners(opts.listen, threads)?;
-    let sink = Arc::new(Sink {
-        start: Instant::now(),
-        counters: (0..threads).map(|_| Counters::default()).collect(),
-        expected: (0..expected_len).map(|_| AtomicU32::new(0)).collect(),
-        others: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        shard_hasher: Default::default(),
-        distinct: AtomicU64::new(0),
-        addr,
-        opts,
-    });
+    let sink = Arc::new(Sink::new(opts, addr));
     let ok = answer(sink.opts.status);
     let fail = answer(sink.opts.fail_status);
     for (i, l) in listeners.into_iter().enumerate() {

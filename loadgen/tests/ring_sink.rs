@@ -17,10 +17,12 @@ struct RingSink {
 }
 
 impl RingSink {
-    fn start() -> RingSink {
+    fn start(args: &[&str]) -> RingSink {
         let mut child = Command::new(BIN)
             .args(["ring-sink", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("run imc-loadgen ring-sink");
@@ -46,7 +48,12 @@ impl RingSink {
     }
 
     /// SIGTERM, and the "N requests answered on M connections" line.
-    fn stop(mut self) -> (u64, u64) {
+    fn stop(self) -> (u64, u64) {
+        self.stop_with_report().0
+    }
+
+    /// SIGTERM; the summary line, and the sink report (the JSON on stdout with `--json`).
+    fn stop_with_report(mut self) -> ((u64, u64), serde_json::Value) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let mut rest = String::new();
@@ -58,7 +65,18 @@ impl RingSink {
             .find_map(|l| l.strip_prefix("ring-sink: "))
             .unwrap_or_else(|| panic!("no summary in {rest:?}"));
         let words: Vec<&str> = line.split_whitespace().collect();
-        (words[0].parse().unwrap(), words[4].parse().unwrap())
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let report = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+        (
+            (words[0].parse().unwrap(), words[4].parse().unwrap()),
+            report,
+        )
     }
 }
 
@@ -119,7 +137,7 @@ fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
 
 #[test]
 fn pipelined_split_and_large_requests_are_answered_in_order() {
-    let sink = RingSink::start();
+    let sink = RingSink::start(&[]);
     let mut s = sink.connect();
     // Three requests in one write: three answers.
     let three = [request(b"a"), request(b""), request(&[b'x'; 300])].concat();
@@ -149,7 +167,7 @@ fn pipelined_split_and_large_requests_are_answered_in_order() {
 
 #[test]
 fn bad_input_is_answered_then_closed_and_the_sink_serves_on() {
-    let sink = RingSink::start();
+    let sink = RingSink::start(&["--json"]);
     // A chunked body: 411, then close (the ring sink frames bodies by Content-Length only).
     let mut s = sink.connect();
     s.write_all(
@@ -195,13 +213,17 @@ fn bad_input_is_answered_then_closed_and_the_sink_serves_on() {
     s.write_all(&request(b"after")).unwrap();
     assert_eq!(read_n(&mut s, OK.len()), OK);
     drop(s);
-    let (requests, connections) = sink.stop();
-    assert_eq!((requests, connections), (3, 6));
+    let (counts, report) = sink.stop_with_report();
+    assert_eq!(counts, (3, 6));
+    // Counted as the sink counts: the chunked, the non-HTTP and the garbage heads as bad.
+    assert_eq!(report["bad_requests"], 3, "{report}");
+    assert_eq!(report["received"], 3, "{report}");
+    assert_eq!(report["accepted"], 3, "{report}");
 }
 
 #[test]
 fn fixed_file_slots_are_reused_across_connection_churn() {
-    let sink = RingSink::start();
+    let sink = RingSink::start(&[]);
     // 300 connections open at once, each answered, then 5000 more one after another (the
     // fixed-file table has 4096 slots: churn past it works only if closed slots come back).
     let mut held: Vec<TcpStream> = (0..300).map(|_| sink.connect()).collect();
@@ -231,8 +253,8 @@ fn fixed_file_slots_are_reused_across_connection_churn() {
 }
 
 #[test]
-fn closed_loop_load_is_answered_exactly_once() {
-    let sink = RingSink::start();
+fn closed_loop_load_is_answered_and_counted_exactly_once() {
+    let sink = RingSink::start(&["--expect", "0..20000", "--json"]);
     let out = Command::new(BIN)
         .args([
             "send",
@@ -251,6 +273,11 @@ fn closed_loop_load_is_answered_exactly_once() {
     assert_eq!(report["ok"], 20000, "{report}");
     assert_eq!(report["requests"], 20000, "{report}");
     assert_eq!(out.status.code(), Some(0), "{report}");
-    let (requests, connections) = sink.stop();
-    assert_eq!((requests, connections), (20000, 64));
+    let (counts, sink_report) = sink.stop_with_report();
+    assert_eq!(counts, (20000, 64));
+    // Every id of the sender's range accepted once, by the sink's own accounting.
+    assert_eq!(sink_report["accepted"], 20000, "{sink_report}");
+    assert_eq!(sink_report["missing"], 0, "{sink_report}");
+    assert_eq!(sink_report["duplicates"], 0, "{sink_report}");
+    assert_eq!(sink_report["complete"], true, "{sink_report}");
 }
