@@ -105,26 +105,40 @@ impl SpecVersion {
         }
     }
 
+    /// Whether `name` (any case) is a core attribute of this version: `specversion`, `id`,
+    /// `source`, `type`, `datacontenttype`, `subject`, `time`, `data`, and `dataschema` (1.0) or
+    /// `schemaurl` and `datacontentencoding` (0.3). Dispatched on the length first: most names
+    /// are out without a byte compared.
     fn is_core(self, name: &[u8]) -> bool {
-        const COMMON: [&[u8]; 8] = [
-            b"specversion",
-            b"id",
-            b"source",
-            b"type",
-            b"datacontenttype",
-            b"subject",
-            b"time",
-            b"data",
-        ];
-        COMMON.iter().any(|c| c.eq_ignore_ascii_case(name))
-            || match self {
-                SpecVersion::V1 => name.eq_ignore_ascii_case(b"dataschema"),
-                SpecVersion::V03 => {
-                    name.eq_ignore_ascii_case(b"schemaurl")
-                        || name.eq_ignore_ascii_case(b"datacontentencoding")
-                }
-            }
+        let is = |lower: &[u8]| is_named(name, lower);
+        match name.len() {
+            2 => is(b"id"),
+            4 => is(b"type") || is(b"time") || is(b"data"),
+            6 => is(b"source"),
+            7 => is(b"subject"),
+            9 => self == SpecVersion::V03 && is(b"schemaurl"),
+            10 => self == SpecVersion::V1 && is(b"dataschema"),
+            11 => is(b"specversion"),
+            15 => is(b"datacontenttype"),
+            19 => self == SpecVersion::V03 && is(b"datacontentencoding"),
+            _ => false,
+        }
     }
+}
+
+/// Whether `name` is `lower` ignoring ASCII case, for a `lower` made of lower-case ASCII letters
+/// only (every core attribute name is): for such a letter `l`, `b | 0x20 == l` holds exactly when
+/// `b` is `l` or its upper-case form, so the bytes are compared without a branch each (the loop
+/// unrolls for a constant `lower`). Same result as `name.eq_ignore_ascii_case(lower)`.
+#[inline(always)]
+fn is_named(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(u8::is_ascii_lowercase));
+    name.len() == lower.len()
+        && name
+            .iter()
+            .zip(lower)
+            .fold(0, |d, (&b, &l)| d | ((b | 0x20) ^ l))
+            == 0
 }
 
 /// The media type of a Content-Type value: lower-cased comparison, parameters dropped.
@@ -174,11 +188,19 @@ pub fn is_passthrough(name: &[u8]) -> bool {
     fn starts_with_ci(s: &[u8], p: &[u8]) -> bool {
         s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p)
     }
-    // Most headers of an event (`ce-*`, `content-*`, `host`) are out at the first letter.
-    if !matches!(
-        name.first().map(u8::to_ascii_lowercase),
-        Some(b'k' | b'x' | b'r' | b't' | b'b')
-    ) {
+    // Most headers of an event (`ce-*`, `content-*`, `host`) are out at the first letter: `k`,
+    // `x`, `r`, `t` or `b` in either case, looked up in a table.
+    static FIRST: [bool; 256] = {
+        let mut t = [false; 256];
+        let letters = b"kxrtbKXRTB";
+        let mut i = 0;
+        while i < letters.len() {
+            t[letters[i] as usize] = true;
+            i += 1;
+        }
+        t
+    };
+    if !name.first().is_some_and(|&b| FIRST[b as usize]) {
         return false;
     }
     starts_with_ci(name, b"knative-")
@@ -201,6 +223,7 @@ fn write_passthrough(head: &[u8], headers: &[HeaderRange], out: &mut BytesMut) {
 
 /// One header line, `name: value` and CRLF.
 pub(crate) fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
@@ -209,12 +232,20 @@ pub(crate) fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 
 /// `Ce-` + the attribute name with its first letter upper-cased and the rest lower-cased: the
 /// form Go's canonical header keys give, so subscribers see what upstream sends.
+///
+/// One reservation for the line, the name copied in bulk and its case fixed in place: a
+/// `put_u8` per byte of the name (a capacity check each) was most of this function's cost.
 fn put_ce_header(out: &mut BytesMut, attr: &[u8], value: &[u8]) {
+    out.reserve(3 + attr.len() + 2 + value.len() + 2);
     out.put_slice(b"Ce-");
-    if let Some((first, rest)) = attr.split_first() {
-        out.put_u8(first.to_ascii_uppercase());
-        for b in rest {
-            out.put_u8(b.to_ascii_lowercase());
+    let at = out.len();
+    out.put_slice(attr);
+    if let Some((first, rest)) = out[at..].split_first_mut() {
+        first.make_ascii_uppercase();
+        // Names are usually lower-case already (structured mode allows nothing else): a scan
+        // that writes nothing then.
+        if rest.iter().any(u8::is_ascii_uppercase) {
+            rest.make_ascii_lowercase();
         }
     }
     out.put_slice(b": ");
@@ -226,7 +257,12 @@ const CE_PREFIX: &[u8] = b"ce-";
 
 fn ce_name<'a>(head: &'a [u8], h: &HeaderRange) -> Option<&'a [u8]> {
     let name = &head[h.name.clone()];
-    (name.len() > 3 && name[..3].eq_ignore_ascii_case(CE_PREFIX)).then(|| &name[3..])
+    // `name[..3].eq_ignore_ascii_case(CE_PREFIX)`, spelled out: `c` and `e` in either case (see
+    // `is_named`), then exactly `-`.
+    match name {
+        [c, e, b'-', attr @ ..] if !attr.is_empty() && is_named(&[*c, *e], b"ce") => Some(attr),
+        _ => None,
+    }
 }
 
 /// The attributes every mode must validate, as raw bytes.
@@ -286,7 +322,7 @@ fn write_binary(
 ) -> Result<(), CeError> {
     let spec = headers
         .iter()
-        .find(|h| ce_name(head, h).is_some_and(|n| n.eq_ignore_ascii_case(b"specversion")))
+        .find(|h| ce_name(head, h).is_some_and(|n| is_named(n, b"specversion")))
         .map(|h| &head[h.value.clone()])
         .ok_or(CeError::UnknownEncoding)?;
     let version = SpecVersion::parse(spec)?;
@@ -309,36 +345,37 @@ fn write_binary(
             return Err(CeError::TooManyAttributes(max_attributes));
         }
         let value = &head[h.value.clone()];
-        // Matched case-insensitively in place: no lower-cased copy of the name per header.
-        let is = |name: &[u8]| attr.eq_ignore_ascii_case(name);
-        let slot = if is(b"id") {
-            &mut attrs.id
-        } else if is(b"source") {
-            &mut attrs.source
-        } else if is(b"type") {
-            &mut attrs.type_
-        } else if is(b"subject") {
-            &mut attrs.subject
-        } else if is(b"time") {
-            &mut attrs.time
-        } else if (version == SpecVersion::V1 && is(b"dataschema"))
-            || (version == SpecVersion::V03 && is(b"schemaurl"))
-        {
-            &mut attrs.dataschema
-        } else if is(b"specversion") || (version == SpecVersion::V03 && is(b"datacontentencoding"))
-        {
-            put_ce_header(out, attr, value);
-            continue;
-        } else {
-            // An extension: letters and digits only, and no core attribute's name (e.g. a
-            // `ce-datacontenttype` header collides with Content-Type). Attributes of the other
-            // spec version (`schemaurl` in 1.0, `dataschema` in 0.3) are extensions here, as in
-            // structured mode.
-            if !attr.iter().all(u8::is_ascii_alphanumeric) || version.is_core(attr) {
-                return Err(CeError::InvalidExtensionName);
+        // Matched case-insensitively in place (no lower-cased copy of the name per header), on
+        // the length first: one compare per header instead of a chain of them.
+        let is = |name: &[u8]| is_named(attr, name);
+        let v1 = version == SpecVersion::V1;
+        let slot = match attr.len() {
+            2 if is(b"id") => &mut attrs.id,
+            6 if is(b"source") => &mut attrs.source,
+            4 if is(b"type") => &mut attrs.type_,
+            7 if is(b"subject") => &mut attrs.subject,
+            4 if is(b"time") => &mut attrs.time,
+            10 if v1 && is(b"dataschema") => &mut attrs.dataschema,
+            9 if !v1 && is(b"schemaurl") => &mut attrs.dataschema,
+            11 if is(b"specversion") => {
+                put_ce_header(out, attr, value);
+                continue;
             }
-            put_ce_header(out, attr, value);
-            continue;
+            19 if !v1 && is(b"datacontentencoding") => {
+                put_ce_header(out, attr, value);
+                continue;
+            }
+            _ => {
+                // An extension: letters and digits only, and no core attribute's name (e.g. a
+                // `ce-datacontenttype` header collides with Content-Type). Attributes of the other
+                // spec version (`schemaurl` in 1.0, `dataschema` in 0.3) are extensions here, as in
+                // structured mode.
+                if !attr.iter().all(u8::is_ascii_alphanumeric) || version.is_core(attr) {
+                    return Err(CeError::InvalidExtensionName);
+                }
+                put_ce_header(out, attr, value);
+                continue;
+            }
         };
         *slot = Some(value);
         put_ce_header(out, attr, value);
@@ -846,68 +883,110 @@ pub fn is_rfc3339(s: &[u8]) -> bool {
     }
 }
 
+/// Byte classes of a URI reference, so that each scan is one table lookup per byte.
+const URI_INVALID: u8 = 1; // a control character or DEL: never valid
+const URI_PERCENT: u8 = 2; // `%`: two hex digits must follow
+const URI_SCHEME: u8 = 4; // may be part of a scheme: ALPHA / DIGIT / `+` / `-` / `.`
+const URI_SEGMENT_END: u8 = 8; // ends a segment or an authority: `/`, `?`, `#`
+
+static URI: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = URI_INVALID;
+        b += 1;
+    }
+    t[0x7f] = URI_INVALID;
+    t[b'%' as usize] = URI_PERCENT;
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'+' || c == b'-' || c == b'.' {
+            t[b] = URI_SCHEME;
+        }
+        b += 1;
+    }
+    t[b'/' as usize] = URI_SEGMENT_END;
+    t[b'?' as usize] = URI_SEGMENT_END;
+    t[b'#' as usize] = URI_SEGMENT_END;
+    t
+};
+
+#[inline]
+fn uri_class(b: u8) -> u8 {
+    URI[b as usize]
+}
+
 /// A URI reference as Go's `url.Parse` accepts it: no control characters, valid percent
 /// escapes, and no colon in the first segment of a scheme-less reference.
 pub fn is_uri_reference(s: &[u8]) -> bool {
-    if s.is_empty() || s.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        return false;
+    uri_reference(s).is_some()
+}
+
+pub fn is_absolute_uri(s: &[u8]) -> bool {
+    uri_reference(s) == Some(true)
+}
+
+/// `None` if `s` is not a URI reference (see [`is_uri_reference`]), else whether it has a scheme.
+/// Each byte is looked at a bounded number of times: one scan for controls and escapes, one for
+/// the scheme and the first segment, one over the authority (was: a loop of comparisons per
+/// byte, then the scheme found twice).
+fn uri_reference(s: &[u8]) -> Option<bool> {
+    if s.is_empty() {
+        return None;
     }
+    // Every `%` starts an escape of two hex digits (which are neither `%` nor controls, so the
+    // scan resumes after them).
     let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' {
-            if i + 2 >= s.len() {
-                return false;
-            }
-            if !(s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
-                return false;
-            }
-            i += 3;
-        } else {
-            i += 1;
+    while let Some(off) = s[i..]
+        .iter()
+        .position(|&b| uri_class(b) & (URI_INVALID | URI_PERCENT) != 0)
+    {
+        let at = i + off;
+        let escape_ok = s[at] == b'%'
+            && s.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
+            && s.get(at + 2).is_some_and(u8::is_ascii_hexdigit);
+        if !escape_ok {
+            return None;
         }
+        i = at + 3;
     }
-    match scheme_len(s) {
-        Some(_) => authority_ok(s),
-        None => {
-            // Without a scheme, a colon before the first slash is an error in Go.
-            let seg_end = memchr::memchr2(b'/', b'?', s).unwrap_or(s.len());
-            let seg_end = memchr::memchr(b'#', &s[..seg_end]).unwrap_or(seg_end);
-            !s[..seg_end].contains(&b':')
-        }
+    // A scheme is `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )` ending at the first colon: the
+    // first byte that cannot be part of a scheme is that colon.
+    let end = s
+        .iter()
+        .position(|&b| uri_class(b) & URI_SCHEME == 0)
+        .unwrap_or(s.len());
+    if end > 0 && s[0].is_ascii_alphabetic() && s.get(end) == Some(&b':') {
+        return authority_ok(&s[end + 1..]).then_some(true);
     }
+    // Without a scheme, a colon before the first `/`, `?` or `#` is an error in Go (the bytes
+    // before `end` are none of these four).
+    let first = s[end..]
+        .iter()
+        .find(|&&b| b == b':' || uri_class(b) & URI_SEGMENT_END != 0);
+    (first != Some(&b':')).then_some(false)
 }
 
-/// Length of a valid `scheme:` prefix, if any.
-fn scheme_len(s: &[u8]) -> Option<usize> {
-    let colon = memchr::memchr(b':', s)?;
-    let scheme = &s[..colon];
-    let valid = scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-    valid.then_some(colon)
-}
-
-/// With `scheme://host:port`, the port must be digits and brackets must close.
-fn authority_ok(s: &[u8]) -> bool {
-    let Some(colon) = scheme_len(s) else {
-        return true;
-    };
-    let rest = &s[colon + 1..];
+/// With `scheme://host:port` (`rest` follows the scheme's colon), the port must be digits and
+/// brackets must close.
+fn authority_ok(rest: &[u8]) -> bool {
     let Some(auth) = rest.strip_prefix(b"//") else {
         return true;
     };
     let end = auth
         .iter()
-        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .position(|&b| uri_class(b) & URI_SEGMENT_END != 0)
         .unwrap_or(auth.len());
     let auth = &auth[..end];
-    let host = match memchr::memrchr(b'@', auth) {
+    // An authority is a few bytes: plain loops, where a memchr call would cost more than the
+    // scan (the search itself is the same).
+    let host = match auth.iter().rposition(|&b| b == b'@') {
         Some(at) => &auth[at + 1..],
         None => auth,
     };
     if let Some(inner) = host.strip_prefix(b"[") {
-        return match memchr::memchr(b']', inner) {
+        return match inner.iter().position(|&b| b == b']') {
             Some(close) => match &inner[close + 1..] {
                 [] => true,
                 [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
@@ -916,14 +995,10 @@ fn authority_ok(s: &[u8]) -> bool {
             None => false,
         };
     }
-    match memchr::memrchr(b':', host) {
+    match host.iter().rposition(|&b| b == b':') {
         Some(c) => host[c + 1..].iter().all(u8::is_ascii_digit),
         None => true,
     }
-}
-
-pub fn is_absolute_uri(s: &[u8]) -> bool {
-    is_uri_reference(s) && scheme_len(s).is_some()
 }
 
 /// RFC 2045 token characters, as a table: a per-byte scan of the separator list cost a call per
@@ -1019,6 +1094,7 @@ pub fn is_media_type(s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::equiv;
     use crate::http::{parse_request, RequestHead};
 
     fn run(raw: &[u8]) -> Result<(String, Bytes), CeError> {
@@ -1032,6 +1108,151 @@ mod tests {
             write_binary_head(&frozen, &head.headers, ct, body, &mut out, LIMITS)?;
         assert!(attrs_len <= out.len());
         Ok((String::from_utf8(out.to_vec()).unwrap(), data))
+    }
+
+    /// The URI validators as they were before the byte-class table, for the equivalence test.
+    mod reference {
+        /// A URI reference as Go's `url.Parse` accepts it: no control characters, valid percent
+        /// escapes, and no colon in the first segment of a scheme-less reference.
+        pub(super) fn is_uri_reference(s: &[u8]) -> bool {
+            if s.is_empty() || s.iter().any(|&b| b < 0x20 || b == 0x7f) {
+                return false;
+            }
+            let mut i = 0;
+            while i < s.len() {
+                if s[i] == b'%' {
+                    if i + 2 >= s.len() {
+                        return false;
+                    }
+                    if !(s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
+                        return false;
+                    }
+                    i += 3;
+                } else {
+                    i += 1;
+                }
+            }
+            match scheme_len(s) {
+                Some(_) => authority_ok(s),
+                None => {
+                    // Without a scheme, a colon before the first slash is an error in Go.
+                    let seg_end = memchr::memchr2(b'/', b'?', s).unwrap_or(s.len());
+                    let seg_end = memchr::memchr(b'#', &s[..seg_end]).unwrap_or(seg_end);
+                    !s[..seg_end].contains(&b':')
+                }
+            }
+        }
+
+        /// Length of a valid `scheme:` prefix, if any.
+        fn scheme_len(s: &[u8]) -> Option<usize> {
+            let colon = memchr::memchr(b':', s)?;
+            let scheme = &s[..colon];
+            let valid = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+                && scheme
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+            valid.then_some(colon)
+        }
+
+        /// With `scheme://host:port`, the port must be digits and brackets must close.
+        fn authority_ok(s: &[u8]) -> bool {
+            let Some(colon) = scheme_len(s) else {
+                return true;
+            };
+            let rest = &s[colon + 1..];
+            let Some(auth) = rest.strip_prefix(b"//") else {
+                return true;
+            };
+            let end = auth
+                .iter()
+                .position(|b| matches!(b, b'/' | b'?' | b'#'))
+                .unwrap_or(auth.len());
+            let auth = &auth[..end];
+            let host = match memchr::memrchr(b'@', auth) {
+                Some(at) => &auth[at + 1..],
+                None => auth,
+            };
+            if let Some(inner) = host.strip_prefix(b"[") {
+                return match memchr::memchr(b']', inner) {
+                    Some(close) => match &inner[close + 1..] {
+                        [] => true,
+                        [b':', port @ ..] => port.iter().all(u8::is_ascii_digit),
+                        _ => false,
+                    },
+                    None => false,
+                };
+            }
+            match memchr::memrchr(b':', host) {
+                Some(c) => host[c + 1..].iter().all(u8::is_ascii_digit),
+                None => true,
+            }
+        }
+
+        pub(super) fn is_absolute_uri(s: &[u8]) -> bool {
+            is_uri_reference(s) && scheme_len(s).is_some()
+        }
+
+        /// `SpecVersion::is_core` as it was, a chain of comparisons.
+        pub(super) fn is_core(version: super::SpecVersion, name: &[u8]) -> bool {
+            const COMMON: [&[u8]; 8] = [
+                b"specversion",
+                b"id",
+                b"source",
+                b"type",
+                b"datacontenttype",
+                b"subject",
+                b"time",
+                b"data",
+            ];
+            COMMON.iter().any(|c| c.eq_ignore_ascii_case(name))
+                || match version {
+                    super::SpecVersion::V1 => name.eq_ignore_ascii_case(b"dataschema"),
+                    super::SpecVersion::V03 => {
+                        name.eq_ignore_ascii_case(b"schemaurl")
+                            || name.eq_ignore_ascii_case(b"datacontentencoding")
+                    }
+                }
+        }
+
+        /// `is_passthrough` as it was, the first letter matched by comparisons.
+        pub(super) fn is_passthrough(name: &[u8]) -> bool {
+            fn starts_with_ci(s: &[u8], p: &[u8]) -> bool {
+                s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p)
+            }
+            if !matches!(
+                name.first().map(u8::to_ascii_lowercase),
+                Some(b'k' | b'x' | b'r' | b't' | b'b')
+            ) {
+                return false;
+            }
+            starts_with_ci(name, b"knative-")
+                || starts_with_ci(name, b"x-b3-")
+                || name.eq_ignore_ascii_case(b"x-request-id")
+                || name.eq_ignore_ascii_case(b"retry-after")
+                || name.eq_ignore_ascii_case(b"traceparent")
+                || name.eq_ignore_ascii_case(b"tracestate")
+                || name.eq_ignore_ascii_case(b"baggage")
+        }
+
+        /// `put_ce_header` as it was, a `put_u8` per byte of the name.
+        pub(super) fn put_ce_header(out: &mut bytes::BytesMut, attr: &[u8], value: &[u8]) {
+            use bytes::BufMut;
+            out.put_slice(b"Ce-");
+            if let Some((first, rest)) = attr.split_first() {
+                out.put_u8(first.to_ascii_uppercase());
+                for b in rest {
+                    out.put_u8(b.to_ascii_lowercase());
+                }
+            }
+            out.put_slice(b": ");
+            out.put_slice(value);
+            out.put_slice(b"\r\n");
+        }
+
+        /// `ce_name`'s prefix test as it was.
+        pub(super) fn ce_name(name: &[u8]) -> Option<&[u8]> {
+            (name.len() > 3 && name[..3].eq_ignore_ascii_case(b"ce-")).then(|| &name[3..])
+        }
     }
 
     const LIMITS: CeLimits = CeLimits {
@@ -1284,6 +1505,147 @@ mod tests {
         ] {
             assert!(!is_media_type(bad.as_bytes()), "{bad}");
         }
+    }
+
+    /// Bytes the URI grammar treats specially, for the random strings of the equivalence tests.
+    const URI_ALPHABET: &[u8] = b"aZ09+-.:/?#[]@%fF\x00\x1f\x7f\x80 ";
+
+    #[test]
+    fn uri_validators_match_the_reference() {
+        let tricky: &[&[u8]] = &[
+            b"/src",
+            b"http://a.b/c",
+            b"https://imc-rs.dev/loadgen",
+            b"urn:x:y",
+            b"a b",
+            b"https://[::1]:80/",
+            b":x",
+            b"%zz",
+            b"a%2",
+            b"a%2f",
+            b"%",
+            b"%%",
+            b"%41%",
+            b"1a:b",
+            b"a1:b",
+            b"a+b.c-d:e",
+            b"http://h:port/",
+            b"http://h:80",
+            b"http://h:80:81",
+            b"http://[::1",
+            b"http://[::1]x",
+            b"http://[::1]:",
+            b"http://u@h:1@x",
+            b"http://u@[::1]:9",
+            b"http:/x:y",
+            b"http:",
+            b"h://",
+            b"a/b:c",
+            b"a?b:c",
+            b"a#b:c",
+            b"a:b/c",
+            b"ab\x7fc",
+            b"ab\tc",
+            b"x://h?:z",
+            b"x://h#:z",
+        ];
+        equiv::assert_same(
+            is_uri_reference,
+            reference::is_uri_reference,
+            tricky,
+            URI_ALPHABET,
+        );
+        equiv::assert_same(
+            is_absolute_uri,
+            reference::is_absolute_uri,
+            tricky,
+            URI_ALPHABET,
+        );
+    }
+
+    #[test]
+    fn name_matchers_match_the_reference() {
+        let names: &[&[u8]] = &[
+            b"specversion",
+            b"SpecVersion",
+            b"SPECVERSION",
+            b"specversioN",
+            b"specversio",
+            b"specversionx",
+            b"id",
+            b"ID",
+            b"iD",
+            b"source",
+            b"type",
+            b"TIME",
+            b"data",
+            b"datacontenttype",
+            b"DataContentType",
+            b"subject",
+            b"dataschema",
+            b"schemaurl",
+            b"datacontentencoding",
+            b"DATACONTENTENCODING",
+            b"knative-x",
+            b"Knative-",
+            b"knative",
+            b"x-b3-traceid",
+            b"X-B3-",
+            b"x-b3",
+            b"x-request-id",
+            b"X-Request-ID",
+            b"retry-after",
+            b"traceparent",
+            b"TraceState",
+            b"baggage",
+            b"baggagex",
+            b"ce-id",
+            b"CE-",
+            b"Ce-x",
+            b"c\xe5-x",
+            b"\xc3\xe5-x",
+        ];
+        let alphabet = b"abcdeiknprstuvxyABCEIKT-0\xc3\xe5\xca";
+        for v in [SpecVersion::V1, SpecVersion::V03] {
+            equiv::assert_same(
+                |n| v.is_core(n),
+                |n| reference::is_core(v, n),
+                names,
+                alphabet,
+            );
+        }
+        equiv::assert_same(is_passthrough, reference::is_passthrough, names, alphabet);
+        equiv::assert_same(
+            |n| {
+                let h = HeaderRange {
+                    name: 0..n.len(),
+                    value: 0..0,
+                };
+                ce_name(n, &h) == reference::ce_name(n)
+            },
+            |_| true,
+            names,
+            alphabet,
+        );
+        for lower in [&b"id"[..], b"specversion", b"datacontentencoding", b"ce"] {
+            equiv::assert_same(
+                |n| is_named(n, lower),
+                |n| n.eq_ignore_ascii_case(lower),
+                names,
+                alphabet,
+            );
+        }
+        equiv::assert_same(
+            |n| {
+                let (mut new, mut old) = (BytesMut::new(), BytesMut::new());
+                put_ce_header(&mut new, n, b"v");
+                reference::put_ce_header(&mut old, n, b"v");
+                new == old
+            },
+            |_| true,
+            names,
+            alphabet,
+        );
     }
 
     #[test]

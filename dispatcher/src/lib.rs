@@ -35,6 +35,9 @@ pub mod cloudevent;
 pub mod config;
 pub mod control;
 pub mod delivery;
+/// Test support: new predicates checked against the reference implementations they replaced.
+#[cfg(test)]
+mod equiv;
 pub mod fanout;
 pub mod http;
 /// The InMemoryChannel model, shared with imc-control (the `imc-model` crate).
