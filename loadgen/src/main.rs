@@ -333,9 +333,14 @@ fn run_sink(a: SinkArgs) -> Result<ExitCode, String> {
             }
         }
     }
-    let report = sink.report();
-    if a.json {
-        out(&json(&report)?);
+    finish(&sink.report(), a.json)
+}
+
+/// Prints a sink's report (JSON on stdout, or the table on stderr); fails when an expected
+/// range was given and is not complete.
+fn finish(report: &sink::SinkReport, as_json: bool) -> Result<ExitCode, String> {
+    if as_json {
+        out(&json(report)?);
     } else {
         eprint!("{}", report.table());
     }
@@ -378,17 +383,7 @@ fn run_ring_sink(a: RingSinkArgs) -> Result<ExitCode, String> {
         stats.requests.load(Ordering::Relaxed),
         stats.connections.load(Ordering::Relaxed)
     );
-    let report = counts.report();
-    if a.json {
-        out(&json(&report)?);
-    } else {
-        eprint!("{}", report.table());
-    }
-    Ok(if report.expect.is_none() || report.complete {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    finish(&counts.report(), a.json)
 }
 
 fn main() -> ExitCode {

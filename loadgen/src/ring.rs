@@ -135,6 +135,8 @@ impl Conn {
                     }
                     self.body_left = self.head.content_length.unwrap_or(0);
                     sink.accept_head(0, &self.head, head);
+                    // A copy of the answer's few dozen bytes per request, so that pipelined
+                    // answers go out in one send; no allocation once `queued` has grown.
                     self.queued.extend_from_slice(ok);
                     answered += 1;
                     if !self.head.keep_alive {
