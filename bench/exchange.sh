@@ -3,8 +3,9 @@
 # response written) on the server side, with nothing else in the path (issue 14, item 1).
 #
 #   bench/exchange.sh [-r REPS] [-d DUR] [-c "64 8"] [-D "io-uring epoll"] [-n "1"]
-#                     [-b "before=DIR after=DIR"]
+#                     [-b "before=DIR after=DIR"] [-s "sink ring dispatcher"]
 #
+# -s: which servers to run (default all): sink, ring (ring-sink and its steps), dispatcher.
 # -n: the dispatcher's fan-out (subscribers per event; each is a path on the one subscriber sink).
 # -b: compare builds in one run (issue 14: each step's before/after row): each LABEL=DIR names a
 #     directory holding `imc-dispatcher` and `imc-loadgen`; the servers under test are run from
@@ -18,6 +19,12 @@
 #   ring-sink   `imc-loadgen ring-sink` (io-uring rows only; builds that have it): the same
 #               exchange on an io_uring driven by hand, with fixed files, multishot receive and a
 #               provided-buffer ring, which monoio does not use: what moving off monoio could give;
+#   ring-plain, ring+defer, ring+fixed
+#               the ring sink's features added one at a time (builds whose ring-sink has the
+#               flags): ring-plain is what monoio does (plain descriptors, one receive per read
+#               into a buffer per connection, COOP_TASKRUN + SINGLE_ISSUER); +defer adds
+#               DEFER_TASKRUN; +fixed the fixed-file table; ring-sink then adds multishot receive
+#               into provided buffers. ring-plain against sink is monoio's own cost;
 #   dispatcher  `imc-dispatcher --workers 1` with one subscriber (an `imc-loadgen sink` on core 1):
 #               two exchanges per event (the sender's, and its own to the subscriber as a client);
 #               its figure is per exchange, i.e. CPU per event / 2.
@@ -38,6 +45,7 @@ CONNS="64 8"
 DRIVERS="io-uring epoll"
 FANOUT="1"
 BUILDS=""
+KINDS="sink ring dispatcher"
 while [ $# -gt 0 ]; do
   case "$1" in
     -r) REPS=$2; shift 2;;
@@ -46,7 +54,8 @@ while [ $# -gt 0 ]; do
     -D) DRIVERS=$2; shift 2;;
     -n) FANOUT=$2; shift 2;;
     -b) BUILDS=$2; shift 2;;
-    *) echo "usage: bench/exchange.sh [-r REPS] [-d DUR] [-c \"64 8\"] [-D \"io-uring epoll\"] [-n \"1 4\"] [-b \"LABEL=DIR ...\"]" >&2; exit 2;;
+    -s) KINDS=$2; shift 2;;
+    *) echo "usage: bench/exchange.sh [-r REPS] [-d DUR] [-c \"64 8\"] [-D \"io-uring epoll\"] [-n \"1 4\"] [-b \"LABEL=DIR ...\"] [-s \"sink ring dispatcher\"]" >&2; exit 2;;
   esac
 done
 . bench/rig-tools.sh
@@ -77,9 +86,12 @@ echo "perf: syscall tracepoints $([ $tracepoints = 1 ] && echo yes || echo no), 
 cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 printf "build\tserver\tdriver\tconns\trep\trps\tcpu_s\tevents\texchanges\tsyscalls\tinstructions\tcycles\tp99_us\n" > "$OUT/raw.tsv"
-SERVERS="sink ring-sink"
+has() { case " $KINDS " in *" $1 "*) return 0;; esac; return 1; }
+SERVERS=""
+has sink && SERVERS="sink"
+has ring && SERVERS="$SERVERS ring-plain ring+defer ring+fixed ring-sink"
 for n in $FANOUT; do
-  SERVERS="$SERVERS dispatcher-n$n"
+  has dispatcher && SERVERS="$SERVERS dispatcher-n$n"
   channel_file "$OUT/channels-n$n.yaml" $(for i in $(seq 1 "$n"); do echo "http://127.0.0.1:$SUB/s$i"; done)
 done
 for rep in $(seq 1 "$REPS"); do
@@ -92,9 +104,15 @@ order=$BUILDS
 [ $((rep % 2)) = 0 ] && order=$(printf '%s\n' $BUILDS | tac | tr '\n' ' ')
 for build in $order; do
   label=${build%%=*}; SRV=${build#*=}
-  if [ "$server" = ring-sink ]; then
-    [ "$driver" = io-uring ] && "$SRV/imc-loadgen" ring-sink --help >/dev/null 2>&1 || continue
-    taskset -c 0 "$SRV/imc-loadgen" ring-sink --listen "127.0.0.1:$PORT" 2> "$OUT/server.log" &
+  if [ "${server#ring}" != "$server" ]; then
+    case $server in
+      ring-plain) flags=(--no-fixed-files --single-recv --no-defer-taskrun);;
+      ring+defer) flags=(--no-fixed-files --single-recv);;
+      ring+fixed) flags=(--single-recv);;
+      *) flags=();;
+    esac
+    [ "$driver" = io-uring ] && "$SRV/imc-loadgen" ring-sink --help 2>/dev/null | grep -q -- "${flags[0]:---listen}" || continue
+    taskset -c 0 "$SRV/imc-loadgen" ring-sink --listen "127.0.0.1:$PORT" "${flags[@]}" 2> "$OUT/server.log" &
     srv=$!; pids+=($srv); per_event=1; host=()
     for _ in $(seq 1 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/")" = 202 ] && break; sleep 0.05; done
   elif [ "$server" = sink ]; then
@@ -171,8 +189,10 @@ for r in rows:
     if tuple(r[:4]) not in keys:
         keys.append(tuple(r[:4]))
 order = {b: i for i, b in enumerate(dict.fromkeys(r[0] for r in rows if r[4] == "1"))}
-# Grouped by point, the builds side by side in the order given.
-keys.sort(key=lambda k: (k[1], k[2], -int(k[3]), order[k[0]]))
+# Grouped by point (servers in the order run: the ring's steps in order), the builds side by
+# side in the order given.
+servers = {s: i for i, s in enumerate(dict.fromkeys(r[1] for r in rows))}
+keys.sort(key=lambda k: (servers[k[1]], k[2], -int(k[3]), order[k[0]]))
 for k in keys:
     g = [r for r in rows if tuple(r[:4]) == k]
     med = lambda f: statistics.median(f(r) for r in g)

@@ -33,8 +33,8 @@ enum Cmd {
     /// Receive events, count them per id, and report missing and duplicate ids.
     Sink(SinkArgs),
     /// A minimal sink on an io_uring driven by hand (fixed files, multishot receive, provided
-    /// buffers): every request answered with one status, nothing counted per id. The floor that
-    /// bench/exchange.sh measures `sink` against.
+    /// buffers, each of which can be turned off): every request answered with one status, ids
+    /// counted as `sink` counts them. The floor that bench/exchange.sh measures `sink` against.
     RingSink(RingSinkArgs),
 }
 
@@ -53,6 +53,17 @@ struct RingSinkArgs {
     /// Print the report at exit as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Connections as plain descriptors instead of registered (fixed) files (bench/exchange.sh
+    /// turns the ring's features off one at a time to measure each).
+    #[arg(long)]
+    no_fixed_files: bool,
+    /// One receive per read into each connection's own buffer, re-armed on each completion (as
+    /// monoio reads), instead of a multishot receive into the provided-buffer ring.
+    #[arg(long)]
+    single_recv: bool,
+    /// The ring without IORING_SETUP_DEFER_TASKRUN (COOP_TASKRUN and SINGLE_ISSUER only).
+    #[arg(long)]
+    no_defer_taskrun: bool,
 }
 
 #[derive(Args)]
@@ -372,11 +383,22 @@ fn run_ring_sink(a: RingSinkArgs) -> Result<ExitCode, String> {
     let stats = Arc::new(ring::Stats::default());
     let status = sink::answer(a.status);
     let counts = sink::Sink::new(opts, a.listen);
-    ring::serve(a.listen, &counts, status, stop, stats.clone(), |addr| {
-        eprintln!(
-            "ring-sink listening on {addr} (io_uring: fixed files, multishot receive, provided buffers)"
-        );
-    })
+    let mode = ring::Mode {
+        fixed_files: !a.no_fixed_files,
+        multishot: !a.single_recv,
+        defer_taskrun: !a.no_defer_taskrun,
+    };
+    ring::serve(
+        a.listen,
+        mode,
+        &counts,
+        status,
+        stop,
+        stats.clone(),
+        |addr| {
+            eprintln!("ring-sink listening on {addr} (io_uring: {mode})");
+        },
+    )
     .map_err(|e| format!("ring-sink on {}: {e}", a.listen))?;
     eprintln!(
         "ring-sink: {} requests answered on {} connections",

@@ -14,6 +14,11 @@
 //! request is answered with the one status given (probes and every method included); a body must be framed by `Content-Length` (a chunked one is answered 411
 //! and the connection closed), and a bad head gets the dispatcher's answer for it, then close.
 //! Pipelined requests are answered in order. One thread, one ring; Linux 6.1 or later.
+//!
+//! Each of the three features can be turned off ([`Mode`]), so that `bench/exchange.sh` can
+//! measure them one step at a time from what monoio does (plain descriptors, one receive per read
+//! into the connection's own buffer, COOP_TASKRUN + SINGLE_ISSUER): `+defer`, `+fixed`, then
+//! `+multishot`. The loop, the parsing and the accounting are the same in every mode.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -45,8 +50,67 @@ const CLOSE: u64 = 4 << 32;
 const CANCEL: u64 = 5 << 32;
 const KIND: u64 = 0xff << 32;
 
+/// `$e` with `$fd` the connection's fixed slot or its descriptor, as `$mode` says (the opcodes
+/// take either, as different types).
+macro_rules! on_fd {
+    ($mode:expr, $slot:expr, |$fd:ident| $e:expr) => {
+        if $mode.fixed_files {
+            let $fd = types::Fixed($slot);
+            $e
+        } else {
+            let $fd = types::Fd($slot as i32);
+            $e
+        }
+    };
+}
+
 const LENGTH_REQUIRED: &[u8] =
     b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Which of io_uring's features the ring uses (all of them by default).
+#[derive(Clone, Copy, Debug)]
+pub struct Mode {
+    /// Connections live in the registered-file table (else as plain descriptors, which every
+    /// operation looks up in the process's file table).
+    pub fixed_files: bool,
+    /// One multishot receive per connection into the shared provided-buffer ring; else one
+    /// receive per read into the connection's own 4 KiB buffer, re-armed on each completion, as
+    /// monoio's `TcpStream::read` does.
+    pub multishot: bool,
+    /// DEFER_TASKRUN: completions are run only when the loop enters the kernel to wait.
+    pub defer_taskrun: bool,
+}
+
+impl Default for Mode {
+    fn default() -> Mode {
+        Mode {
+            fixed_files: true,
+            multishot: true,
+            defer_taskrun: true,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = |b: bool, yes: &'static str, no: &'static str| if b { yes } else { no };
+        write!(
+            f,
+            "{}, {}, {}",
+            on(self.fixed_files, "fixed files", "plain descriptors"),
+            on(
+                self.multishot,
+                "multishot receive into provided buffers",
+                "one receive per read into a buffer per connection"
+            ),
+            on(
+                self.defer_taskrun,
+                "DEFER_TASKRUN",
+                "COOP_TASKRUN without DEFER_TASKRUN"
+            ),
+        )
+    }
+}
 
 #[derive(Default)]
 pub struct Stats {
@@ -71,11 +135,19 @@ struct Conn {
     cancelled: bool,
     /// Close once nothing is in flight; `queued` is still sent first.
     closing: bool,
+    /// Without multishot: the connection's receive buffer (the kernel writes it while
+    /// `recv_armed`; a Vec's heap block does not move when the `Conn` does).
+    rbuf: Vec<u8>,
 }
 
 impl Conn {
-    fn new() -> Conn {
+    fn new(mode: Mode) -> Conn {
         Conn {
+            rbuf: if mode.multishot {
+                Vec::new()
+            } else {
+                vec![0; BUF_LEN]
+            },
             head: RequestHead::new(),
             carry: Vec::new(),
             body_left: 0,
@@ -219,10 +291,12 @@ impl Drop for BufRing {
     }
 }
 
-/// Binds `listen` and serves until `stop` (checked at least every 100 ms). Events are counted
-/// per id in `sink` (as thread 0) as `imc-loadgen sink` counts them; connections in `stats`.
+/// Binds `listen` and serves until `stop` (checked at least every 100 ms), with the features
+/// `mode` names. Events are counted per id in `sink` (as thread 0) as `imc-loadgen sink` counts
+/// them; connections in `stats`.
 pub fn serve(
     listen: SocketAddr,
+    mode: Mode,
     sink: &Sink,
     status_line: &'static [u8],
     stop: Arc<AtomicBool>,
@@ -236,28 +310,36 @@ pub fn serve(
     // an accepted connection to set it on (they live in the fixed table only).
     set_nodelay(&listener)?;
     let mut bufs = BufRing::new()?;
-    let mut ring: IoUring = IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(4096)?;
-    ring.submitter().register_files_sparse(SLOTS)?;
-    // SAFETY: the entries stay allocated until `bufs` drops, after `ring` (declared later, so
-    // dropped first).
-    unsafe {
-        ring.submitter()
-            .register_buf_ring(bufs.entries as u64, BUFS, BGID)?;
+    let mut builder = IoUring::builder();
+    builder.setup_coop_taskrun().setup_single_issuer();
+    if mode.defer_taskrun {
+        builder.setup_defer_taskrun();
+    }
+    let mut ring: IoUring = builder.build(4096)?;
+    if mode.fixed_files {
+        ring.submitter().register_files_sparse(SLOTS)?;
+    }
+    if mode.multishot {
+        // SAFETY: the entries stay allocated until `bufs` drops, after `ring` (declared later,
+        // so dropped first).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring(bufs.entries as u64, BUFS, BGID)?;
+        }
     }
     ready(listener.local_addr()?);
     let lfd = types::Fd(listener.as_raw_fd());
+    // Indexed by fixed-file slot, or by descriptor (which the kernel reuses, lowest first, so
+    // the table stays as large as the most connections at once).
     let mut conns: Vec<Option<Conn>> = (0..SLOTS).map(|_| None).collect();
     let mut sq: Vec<squeue::Entry> = Vec::with_capacity(256);
-    sq.push(
+    let accept = || {
         opcode::AcceptMulti::new(lfd)
-            .allocate_file_index(true)
+            .allocate_file_index(mode.fixed_files)
             .build()
-            .user_data(ACCEPT),
-    );
+            .user_data(ACCEPT)
+    };
+    sq.push(accept());
     let timeout = types::Timespec::new().nsec(100_000_000);
     let args = types::SubmitArgs::new().timespec(&timeout);
     let mut starved: Vec<u32> = Vec::new();
@@ -282,9 +364,12 @@ pub fn serve(
                 ACCEPT => {
                     if res >= 0 {
                         let slot = res as u32;
-                        conns[slot as usize] = Some(Conn::new());
+                        if conns.len() <= slot as usize {
+                            conns.resize_with(slot as usize + 1, || None);
+                        }
+                        let c = conns[slot as usize].insert(Conn::new(mode));
                         stats.connections.fetch_add(1, Ordering::Relaxed);
-                        sq.push(recv(slot));
+                        sq.push(recv(mode, slot, c));
                     } else {
                         // Out of slots or descriptors: logged at the first and every 1000th,
                         // and the accept goes on (a peer that waits is served once slots free).
@@ -297,19 +382,19 @@ pub fn serve(
                         }
                     }
                     if !more {
-                        sq.push(
-                            opcode::AcceptMulti::new(lfd)
-                                .allocate_file_index(true)
-                                .build()
-                                .user_data(ACCEPT),
-                        );
+                        sq.push(accept());
                     }
                 }
                 RECV => {
                     let Some(c) = conns[slot as usize].as_mut() else {
                         continue;
                     };
-                    if res > 0 {
+                    if res > 0 && !mode.multishot {
+                        // The buffer is out of the kernel's hands until the receive is re-armed.
+                        let rbuf = std::mem::take(&mut c.rbuf);
+                        answered += c.absorb(&rbuf[..res as usize], status_line, sink);
+                        c.rbuf = rbuf;
+                    } else if res > 0 {
                         let bid = cqueue::buffer_select(cqe.flags()).expect("a buffer");
                         answered += c.absorb(bufs.buf(bid, res as usize), status_line, sink);
                         bufs.give(bid);
@@ -328,10 +413,10 @@ pub fn serve(
                     if !more && res != -libc::ENOBUFS {
                         c.recv_armed = !c.closing;
                         if c.recv_armed {
-                            sq.push(recv(slot));
+                            sq.push(recv(mode, slot, c));
                         }
                     }
-                    flush(&mut conns, slot, &mut sq);
+                    flush(mode, &mut conns, slot, &mut sq);
                 }
                 SEND => {
                     let Some(c) = conns[slot as usize].as_mut() else {
@@ -345,7 +430,7 @@ pub fn serve(
                     } else {
                         c.tx.drain(..res as usize);
                     }
-                    flush(&mut conns, slot, &mut sq);
+                    flush(mode, &mut conns, slot, &mut sq);
                 }
                 _ => {}
             }
@@ -354,7 +439,7 @@ pub fn serve(
         for slot in starved.drain(..) {
             if let Some(c) = conns[slot as usize].as_mut() {
                 c.recv_armed = true;
-                sq.push(recv(slot));
+                sq.push(recv(mode, slot, c));
             }
         }
     }
@@ -362,7 +447,7 @@ pub fn serve(
 }
 
 /// Sends what a connection has queued, or closes it once it is done with.
-fn flush(conns: &mut [Option<Conn>], slot: u32, sq: &mut Vec<squeue::Entry>) {
+fn flush(mode: Mode, conns: &mut [Option<Conn>], slot: u32, sq: &mut Vec<squeue::Entry>) {
     let Some(c) = conns[slot as usize].as_mut() else {
         return;
     };
@@ -385,9 +470,9 @@ fn flush(conns: &mut [Option<Conn>], slot: u32, sq: &mut Vec<squeue::Entry>) {
     if !c.tx.is_empty() {
         c.sending = true;
         // The buffer is not touched until this send completes (answers queue behind it).
+        let (ptr, len) = (c.tx.as_ptr(), c.tx.len() as u32);
         sq.push(
-            opcode::Send::new(types::Fixed(slot), c.tx.as_ptr(), c.tx.len() as u32)
-                .build()
+            on_fd!(mode, slot, |fd| opcode::Send::new(fd, ptr, len).build())
                 .user_data(SEND | u64::from(slot)),
         );
         return;
@@ -395,17 +480,21 @@ fn flush(conns: &mut [Option<Conn>], slot: u32, sq: &mut Vec<squeue::Entry>) {
     if c.closing && !c.recv_armed {
         conns[slot as usize] = None;
         sq.push(
-            opcode::Close::new(types::Fixed(slot))
-                .build()
+            on_fd!(mode, slot, |fd| opcode::Close::new(fd).build())
                 .user_data(CLOSE | u64::from(slot)),
         );
     }
 }
 
-fn recv(slot: u32) -> squeue::Entry {
-    opcode::RecvMulti::new(types::Fixed(slot), BGID)
-        .build()
-        .user_data(RECV | u64::from(slot))
+/// The connection's receive: multishot into the provided buffers, or one read into its buffer.
+fn recv(mode: Mode, slot: u32, c: &mut Conn) -> squeue::Entry {
+    let e = if mode.multishot {
+        on_fd!(mode, slot, |fd| opcode::RecvMulti::new(fd, BGID).build())
+    } else {
+        let (ptr, len) = (c.rbuf.as_mut_ptr(), c.rbuf.len() as u32);
+        on_fd!(mode, slot, |fd| opcode::Recv::new(fd, ptr, len).build())
+    };
+    e.user_data(RECV | u64::from(slot))
 }
 
 /// Moves queued entries into the submission queue, submitting when it is full.
@@ -416,8 +505,9 @@ fn push_all(ring: &mut IoUring, sq: &mut Vec<squeue::Entry>) -> io::Result<()> {
             let mut q = ring.submission();
             while i < sq.len() {
                 // SAFETY: every buffer an entry points to outlives the operation: the send's
-                // `tx` is not touched until its completion, the provided buffers live as long
-                // as the ring, and the other operations carry no buffer.
+                // `tx` is not touched until its completion, nor a connection's `rbuf` while its
+                // receive is armed (and the `Conn` is dropped only after), the provided buffers
+                // live as long as the ring, and the other operations carry no buffer.
                 if unsafe { q.push(&sq[i]) }.is_err() {
                     break;
                 }

@@ -17,10 +17,11 @@ struct RingSink {
 }
 
 impl RingSink {
-    fn start(args: &[&str]) -> RingSink {
+    fn start(args: &[&str], mode: &[&str]) -> RingSink {
         let mut child = Command::new(BIN)
             .args(["ring-sink", "--listen", "127.0.0.1:0"])
             .args(args)
+            .args(mode)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -34,6 +35,13 @@ impl RingSink {
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
+        for (flag, says) in [
+            ("--no-fixed-files", "plain descriptors"),
+            ("--single-recv", "one receive per read"),
+            ("--no-defer-taskrun", "without DEFER_TASKRUN"),
+        ] {
+            assert_eq!(line.contains(says), mode.contains(&flag), "{line}");
+        }
         RingSink {
             child,
             addr,
@@ -135,9 +143,8 @@ fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-#[test]
-fn pipelined_split_and_large_requests_are_answered_in_order() {
-    let sink = RingSink::start(&[]);
+fn pipelined_split_and_large_requests_are_answered_in_order(mode: &[&str]) {
+    let sink = RingSink::start(&[], mode);
     let mut s = sink.connect();
     // Three requests in one write: three answers.
     let three = [request(b"a"), request(b""), request(&[b'x'; 300])].concat();
@@ -165,9 +172,8 @@ fn pipelined_split_and_large_requests_are_answered_in_order() {
     assert_eq!((requests, connections), (7, 1));
 }
 
-#[test]
-fn bad_input_is_answered_then_closed_and_the_sink_serves_on() {
-    let sink = RingSink::start(&["--json"]);
+fn bad_input_is_answered_then_closed_and_the_sink_serves_on(mode: &[&str]) {
+    let sink = RingSink::start(&["--json"], mode);
     // A chunked body: 411, then close (the ring sink frames bodies by Content-Length only).
     let mut s = sink.connect();
     s.write_all(
@@ -221,17 +227,30 @@ fn bad_input_is_answered_then_closed_and_the_sink_serves_on() {
     assert_eq!(report["accepted"], 3, "{report}");
 }
 
-#[test]
-fn fixed_file_slots_are_reused_across_connection_churn() {
-    let sink = RingSink::start(&[]);
+fn slots_are_reused_across_connection_churn(mode: &[&str]) {
+    let sink = RingSink::start(&[], mode);
     // 300 connections open at once, each answered, then 5000 more one after another (the
-    // fixed-file table has 4096 slots: churn past it works only if closed slots come back).
+    // fixed-file table has 4096 slots: churn past it works only if closed slots come back; with
+    // plain descriptors, only if a reused descriptor gets a fresh connection state).
     let mut held: Vec<TcpStream> = (0..300).map(|_| sink.connect()).collect();
     for s in &mut held {
         s.write_all(&request(b"held")).unwrap();
     }
     for s in &mut held {
         assert_eq!(read_n(s, OK.len()), OK);
+    }
+    // Fixed files are out of the process's descriptor table; plain descriptors are in it.
+    let sockets = std::fs::read_dir(format!("/proc/{}/fd", sink.child.id()))
+        .unwrap()
+        .filter(|e| {
+            std::fs::read_link(e.as_ref().unwrap().path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .count();
+    if mode.contains(&"--no-fixed-files") {
+        assert!(sockets > 300, "{sockets} sockets in the descriptor table");
+    } else {
+        assert!(sockets < 10, "{sockets} sockets in the descriptor table");
     }
     let start = Instant::now();
     for i in 0..5000 {
@@ -252,9 +271,8 @@ fn fixed_file_slots_are_reused_across_connection_churn() {
     assert_eq!((requests, connections), (5300, 5300));
 }
 
-#[test]
-fn closed_loop_load_is_answered_and_counted_exactly_once() {
-    let sink = RingSink::start(&["--expect", "0..20000", "--json"]);
+fn closed_loop_load_is_answered_and_counted_exactly_once(mode: &[&str]) {
+    let sink = RingSink::start(&["--expect", "0..20000", "--json"], mode);
     let out = Command::new(BIN)
         .args([
             "send",
@@ -281,3 +299,32 @@ fn closed_loop_load_is_answered_and_counted_exactly_once() {
     assert_eq!(sink_report["duplicates"], 0, "{sink_report}");
     assert_eq!(sink_report["complete"], true, "{sink_report}");
 }
+
+/// Each test in each of the ring's modes: every feature (the default); none (what monoio uses:
+/// plain descriptors, one receive per read into a per-connection buffer, no DEFER_TASKRUN); and
+/// multishot and fixed files each alone, which exercise the other halves of each code path.
+macro_rules! in_every_mode {
+    ($($test:ident),*) => {
+        mod all_features {
+            $(#[test] fn $test() { super::$test(&[]) })*
+        }
+        mod monoio_like {
+            $(#[test] fn $test() {
+                super::$test(&["--no-fixed-files", "--single-recv", "--no-defer-taskrun"])
+            })*
+        }
+        mod multishot_on_plain_descriptors {
+            $(#[test] fn $test() { super::$test(&["--no-fixed-files"]) })*
+        }
+        mod fixed_files_single_recv {
+            $(#[test] fn $test() { super::$test(&["--single-recv"]) })*
+        }
+    };
+}
+
+in_every_mode!(
+    pipelined_split_and_large_requests_are_answered_in_order,
+    bad_input_is_answered_then_closed_and_the_sink_serves_on,
+    slots_are_reused_across_connection_churn,
+    closed_loop_load_is_answered_and_counted_exactly_once
+);
