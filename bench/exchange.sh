@@ -29,10 +29,11 @@
 #               two exchanges per event (the sender's, and its own to the subscriber as a client);
 #               its figure is per exchange, i.e. CPU per event / 2.
 # For each (server, driver, connections): events/s, the server's CPU µs per exchange (utime +
-# stime from /proc over the measured interval only), syscalls per exchange (`perf stat -e
-# raw_syscalls:sys_enter` on the server's process over the same interval, where perf's
-# tracepoints work; else `strace -c -f` on a separate, shorter run, which slows the server and is
-# marked so), and instructions and cycles per exchange where `perf stat` has hardware counters
+# stime from /proc over the measured interval only), the kernel's part of it (stime: what no
+# change in user space can remove), syscalls per exchange (`perf stat -e raw_syscalls:sys_enter`
+# on the server's process over the same interval, where perf's tracepoints work; else `strace -c
+# -f` on a separate, shorter run, which slows the server and is marked so), and instructions and
+# cycles per exchange where `perf stat` has hardware counters
 # (many VMs have none: then "-").
 #
 # Medians of REPS. Traffic stays on 127.0.0.1; every run is bounded by DUR. Raw rows:
@@ -83,9 +84,10 @@ if perf stat -e instructions -x, true 2>&1 | awk -F, '$3 == "instructions" && $1
 fi
 echo "perf: syscall tracepoints $([ $tracepoints = 1 ] && echo yes || echo no), hardware counters $([ $counters = 1 ] && echo yes || echo no)"
 
-cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# utime + stime, and stime alone (the kernel's part: what no user-space change can remove).
+cpu_of() { awk '{ print $14 + $15, $15 }' "/proc/$1/stat"; }
 
-printf "build\tserver\tdriver\tconns\trep\trps\tcpu_s\tevents\texchanges\tsyscalls\tinstructions\tcycles\tp99_us\n" > "$OUT/raw.tsv"
+printf "build\tserver\tdriver\tconns\trep\trps\tcpu_s\tevents\texchanges\tsyscalls\tinstructions\tcycles\tp99_us\tkernel_s\n" > "$OUT/raw.tsv"
 has() { case " $KINDS " in *" $1 "*) return 0;; esac; return 1; }
 SERVERS=""
 has sink && SERVERS="sink"
@@ -152,10 +154,11 @@ for build in $order; do
 import json, os, sys
 r = json.load(open(sys.argv[1]))
 label, server, driver, conns, rep, c0, c1, per_event, sys_, ins, cyc = sys.argv[2:]
+(c0, k0), (c1, k1) = c0.split(), c1.split()
 tck = os.sysconf("SC_CLK_TCK")
 exchanges = r["requests"] * int(per_event)
 p99 = dict(r["latency"]["quoted"]).get("p99", 0)
-print(f"{label}\t{server}\t{driver}\t{conns}\t{rep}\t{r['rps']:.0f}\t{(int(c1) - int(c0)) / tck:.2f}\t{r['requests']}\t{exchanges}\t{sys_}\t{ins}\t{cyc}\t{p99:.0f}")
+print(f"{label}\t{server}\t{driver}\t{conns}\t{rep}\t{r['rps']:.0f}\t{(int(c1) - int(c0)) / tck:.2f}\t{r['requests']}\t{exchanges}\t{sys_}\t{ins}\t{cyc}\t{p99:.0f}\t{(int(k1) - int(k0)) / tck:.2f}")
 PY
   tail -1 "$OUT/raw.tsv"
   cleanup
@@ -182,8 +185,8 @@ fi
 python3 - "$OUT/raw.tsv" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
-# build server driver conns rep rps cpu_s events exchanges syscalls instructions cycles p99_us
-print(f"{'build':8} {'server':14} {'driver':8} {'conns':>5} {'events/s':>9} {'us/event':>8} {'us/exch':>7} {'sys/exch':>8} {'instr/exch':>10} {'cycles/exch':>11} {'p99 us':>7}")
+# build server driver conns rep rps cpu_s events exchanges syscalls instructions cycles p99_us kernel_s
+print(f"{'build':8} {'server':14} {'driver':8} {'conns':>5} {'events/s':>9} {'us/event':>8} {'us/exch':>7} {'kern/exch':>9} {'sys/exch':>8} {'instr/exch':>10} {'cycles/exch':>11} {'p99 us':>7}")
 keys = []
 for r in rows:
     if tuple(r[:4]) not in keys:
@@ -201,5 +204,6 @@ for k in keys:
     ex = med(lambda r: float(r[6]) * 1e6 / float(r[8]))
     per = lambda i: "-" if any(r[i] == "-" for r in g) else f"{med(lambda r: float(r[i]) / float(r[8])):.1f}"
     p99 = med(lambda r: float(r[12]))
-    print(f"{k[0]:8} {k[1]:14} {k[2]:8} {k[3]:>5} {rps:>9.0f} {ev:>8.2f} {ex:>7.2f} {per(9):>8} {per(10):>10} {per(11):>11} {p99:>7.0f}")
+    kern = med(lambda r: float(r[13]) * 1e6 / float(r[8]))
+    print(f"{k[0]:8} {k[1]:14} {k[2]:8} {k[3]:>5} {rps:>9.0f} {ev:>8.2f} {ex:>7.2f} {kern:>9.2f} {per(9):>8} {per(10):>10} {per(11):>11} {p99:>7.0f}")
 PY
