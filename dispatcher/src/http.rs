@@ -72,6 +72,7 @@ pub struct HeadScan {
 }
 
 /// What the search for the end of a head found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeadEnd {
     /// The head (from `skip`) ends at this offset, its blank line included.
     At(usize),
@@ -106,22 +107,44 @@ impl HeadScan {
             }
             self.searched = self.skip;
         }
-        let mut from = self.searched;
+        let mut at = self.searched;
         #[cfg(test)]
         {
-            self.work += buf.len() - from;
+            self.work += buf.len() - at;
         }
-        while let Some(i) = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i) {
-            let cr = i > 0 && buf[i - 1] == b'\r';
-            if strict && !cr {
-                return HeadEnd::BareLf(i);
+        // Sixteen bytes at a time, the line feeds of each block as a mask taken bit by bit in
+        // order: a `memchr` call per line cost more than the search itself (heads are short lines).
+        while at < buf.len() {
+            let (base, mut lfs) = match buf.get(at..at + BLOCK) {
+                Some(block) => (at, lf_mask(block.try_into().unwrap())),
+                None if buf.len() >= BLOCK => {
+                    // The last block ends with the buffer: its bytes before `at` were searched
+                    // already, their bits are dropped.
+                    let base = buf.len() - BLOCK;
+                    let lfs = lf_mask(buf[base..].try_into().unwrap());
+                    (base, lfs >> (at - base) << (at - base))
+                }
+                None => {
+                    // A buffer shorter than a block, padded (with bytes that are not line feeds).
+                    let mut block = [0; BLOCK];
+                    block[..buf.len() - at].copy_from_slice(&buf[at..]);
+                    (at, lf_mask(&block))
+                }
+            };
+            while lfs != 0 {
+                let i = base + lfs.trailing_zeros() as usize;
+                lfs &= lfs - 1;
+                let cr = i > 0 && buf[i - 1] == b'\r';
+                if strict && !cr {
+                    return HeadEnd::BareLf(i);
+                }
+                // The blank line: this LF is preceded by another LF, directly or through a CR.
+                let line_start = if cr { i - 1 } else { i };
+                if line_start > self.skip && buf[line_start - 1] == b'\n' {
+                    return HeadEnd::At(i + 1);
+                }
             }
-            // The blank line: this LF is preceded by another LF, directly or through a CR.
-            let line_start = if cr { i - 1 } else { i };
-            if line_start > self.skip && buf[line_start - 1] == b'\n' {
-                return HeadEnd::At(i + 1);
-            }
-            from = i + 1;
+            at = base + BLOCK;
         }
         // The last byte may be the CR of a CRLF still to come: search it again next time.
         self.searched = buf.len().saturating_sub(1).max(self.skip);
@@ -142,6 +165,40 @@ impl HeadScan {
             false
         }
     }
+}
+
+/// Bytes [`lf_mask`] looks at in one go.
+const BLOCK: usize = 16;
+
+/// The line feeds of `block`: bit `j` is set when `block[j]` is one. One SSE2 compare and
+/// movemask (the baseline of x86_64); elsewhere a loop the compiler may vectorize.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline]
+fn lf_mask(block: &[u8; BLOCK]) -> u32 {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+    // SAFETY: the load reads the 16 bytes of `block` (unaligned loads are allowed), and SSE2,
+    // which these intrinsics need, is enabled (the `cfg` above).
+    unsafe {
+        let bytes = _mm_loadu_si128(block.as_ptr().cast());
+        _mm_movemask_epi8(_mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'\n' as i8))) as u32
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+#[inline]
+fn lf_mask(block: &[u8; BLOCK]) -> u32 {
+    lf_mask_portable(block)
+}
+
+/// [`lf_mask`] in plain Rust: what other targets run, and what the tests check the SSE2 one
+/// against.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
+fn lf_mask_portable(block: &[u8; BLOCK]) -> u32 {
+    let mut lfs = 0;
+    for (j, &b) in block.iter().enumerate() {
+        lfs |= u32::from(b == b'\n') << j;
+    }
+    lfs
 }
 
 /// A parsed request head: ranges into the read buffer, plus the facts the server needs.
@@ -1484,6 +1541,240 @@ mod tests {
             i += 1;
         }
         port.iter().all(u8::is_ascii_digit) && port.len() <= 5
+    }
+
+    /// `HeadScan::find_end` as it was (a `memchr` call per line), for the equivalence tests.
+    fn reference_find_end(scan: &mut HeadScan, buf: &[u8], strict: bool) -> HeadEnd {
+        if scan.searched == 0 {
+            // Empty lines before a start line are ignored (RFC 9112 §2.2): skip them once, CRLF
+            // or (lenient) LF in any order.
+            loop {
+                let rest = &buf[scan.skip..];
+                if rest.starts_with(b"\r\n") {
+                    scan.skip += 2;
+                } else if !strict && rest.starts_with(b"\n") {
+                    scan.skip += 1;
+                } else {
+                    break;
+                }
+            }
+            if buf.len() - scan.skip < 2 {
+                return HeadEnd::Incomplete;
+            }
+            scan.searched = scan.skip;
+        }
+        let mut from = scan.searched;
+        #[cfg(test)]
+        {
+            scan.work += buf.len() - from;
+        }
+        while let Some(i) = memchr::memchr(b'\n', &buf[from..]).map(|i| from + i) {
+            let cr = i > 0 && buf[i - 1] == b'\r';
+            if strict && !cr {
+                return HeadEnd::BareLf(i);
+            }
+            // The blank line: this LF is preceded by another LF, directly or through a CR.
+            let line_start = if cr { i - 1 } else { i };
+            if line_start > scan.skip && buf[line_start - 1] == b'\n' {
+                return HeadEnd::At(i + 1);
+            }
+            from = i + 1;
+        }
+        // The last byte may be the CR of a CRLF still to come: search it again next time.
+        scan.searched = buf.len().saturating_sub(1).max(scan.skip);
+        HeadEnd::Incomplete
+    }
+
+    fn scan_state(scan: &HeadScan) -> (usize, usize, usize, usize) {
+        (scan.skip, scan.searched, scan.parsed_at, scan.work)
+    }
+
+    /// Searches `s` with both versions of `find_end`, in both modes, as a buffer grown read by
+    /// read to each of `reads` and then to all of `s`, asserting the same answer and the same
+    /// state after each search; and that the answer is the one a single search of `s` gives.
+    fn assert_find_end_same(s: &[u8], reads: impl IntoIterator<Item = usize> + Clone) {
+        for strict in [true, false] {
+            let whole = reference_find_end(&mut HeadScan::default(), s, strict);
+            let (mut new, mut old) = (HeadScan::default(), HeadScan::default());
+            let mut end = HeadEnd::Incomplete;
+            for n in reads.clone().into_iter().chain([s.len()]) {
+                let got = new.find_end(&s[..n], strict);
+                let want = reference_find_end(&mut old, &s[..n], strict);
+                assert_eq!(
+                    (got, scan_state(&new)),
+                    (want, scan_state(&old)),
+                    "{:?} ({:x?}) read to {n}, strict {strict}",
+                    String::from_utf8_lossy(s),
+                    s
+                );
+                end = got;
+                if got != HeadEnd::Incomplete {
+                    break;
+                }
+            }
+            assert_eq!(
+                end,
+                whole,
+                "{:?} strict {strict}",
+                String::from_utf8_lossy(s)
+            );
+        }
+    }
+
+    /// Every way `s` can arrive in two reads, and one byte per read.
+    fn assert_find_end_same_split(s: &[u8]) {
+        assert_find_end_same(s, []);
+        for cut in 1..s.len() {
+            assert_find_end_same(s, [cut]);
+        }
+        assert_find_end_same(s, 1..s.len());
+    }
+
+    #[test]
+    fn lf_mask_matches_the_portable_one() {
+        for b in 0..=255u8 {
+            for j in 0..BLOCK {
+                let mut block = [b'\n'; BLOCK];
+                block[j] = b;
+                assert_eq!(lf_mask(&block), lf_mask_portable(&block), "{b:#x} at {j}");
+                let mut block = [0; BLOCK];
+                block[j] = b;
+                assert_eq!(lf_mask(&block), lf_mask_portable(&block), "{b:#x} at {j}");
+            }
+        }
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut block = [0; BLOCK];
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = [b'\n', b'\r', b'a', 0x8a][((state >> (2 * j)) & 3) as usize];
+            }
+            assert_eq!(lf_mask(&block), lf_mask_portable(&block), "{block:x?}");
+        }
+    }
+
+    /// The block-wise search against the line-wise one it replaced, over short byte strings: every
+    /// one of one and two bytes and 200,000 random ones, each searched whole and cut in two near
+    /// its start, middle and end, one in four also one byte per read (the test below cuts heads at
+    /// every byte).
+    #[test]
+    fn find_end_matches_the_reference() {
+        let tricky: &[&[u8]] = &[
+            b"\r\n\r\n",
+            b"\n\n",
+            b"\n\r\n",
+            b"\r\n\n",
+            b"\r\r\n\r\n",
+            b"\r\n\r\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"\n\nHTTP/1.1 200 OK\n\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\n\n",
+            b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\rHost: h\r\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"0123456789abcde\r\n\r\n",
+            b"0123456789abcdef\r\n\r\n",
+            b"0123456789abcdefghijklmnopqrstu\n\n",
+        ];
+        let searched = std::cell::Cell::new(0u64);
+        crate::equiv::assert_same(
+            |s| {
+                assert_find_end_same(s, []);
+                // One byte per read costs the most: one string in four (by the count of strings).
+                searched.set(searched.get() + 1);
+                if searched.get().is_multiple_of(4) {
+                    assert_find_end_same(s, 1..s.len());
+                }
+                for cut in [1, s.len() / 2, s.len().saturating_sub(1)] {
+                    assert_find_end_same(s, [cut.min(s.len())]);
+                }
+                true
+            },
+            |_| true,
+            tricky,
+            b"\r\n\r\n\r\nab: \t",
+        );
+    }
+
+    /// The same over heads as they come: empty lines before the start line, CRLF, bare LF, a CR
+    /// without LF, obs-fold, lines longer than a block or much longer, a body after the blank
+    /// line or no blank line at all. Each head searched whole, cut in two at every byte, one byte
+    /// per read and in reads of random sizes.
+    #[test]
+    fn find_end_matches_the_reference_on_heads() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for round in 0..6_000 {
+            let mut head = Vec::new();
+            for _ in 0..next() % 3 {
+                head.extend_from_slice([&b"\r\n"[..], b"\n", b"\r"][(next() % 3) as usize]);
+            }
+            head.extend_from_slice(if next() % 2 == 0 {
+                b"POST /ns/name HTTP/1.1"
+            } else {
+                b"HTTP/1.1 202 Accepted"
+            });
+            let lines = next() % 12;
+            for _ in 0..=lines {
+                // Mostly CRLF; now and then a bare LF, a lone CR, CR CR LF, or an LF CR.
+                let eol: &[u8] = match next() % 24 {
+                    0 => b"\n",
+                    1 => b"\r",
+                    2 => b"\r\r\n",
+                    3 => b"\n\r",
+                    _ => b"\r\n",
+                };
+                head.extend_from_slice(eol);
+                if next() % 16 == 0 {
+                    head.push(if next() % 2 == 0 { b' ' } else { b'\t' });
+                }
+                head.extend_from_slice(b"X-Header: ");
+                let len = match next() % 32 {
+                    0 => 1000 + next() % 3000,
+                    1..=8 => next() % 4,
+                    _ => next() % 60,
+                };
+                for _ in 0..len {
+                    head.push(b"abcdefghij0123456789 -:/."[(next() % 25) as usize]);
+                }
+            }
+            head.extend_from_slice(
+                [
+                    &b"\r\n\r\n"[..],
+                    b"\r\n\r\n",
+                    b"\r\n\n",
+                    b"\n\n",
+                    b"\n\r\n",
+                    b"\r\n",
+                    b"",
+                ][(next() % 7) as usize],
+            );
+            for _ in 0..next() % 40 {
+                head.push(b"ab\r\n"[(next() % 4) as usize]);
+            }
+            if head.len() <= 600 && round % 3 == 0 {
+                assert_find_end_same_split(&head);
+            }
+            let mut reads = Vec::new();
+            let mut n = 0;
+            loop {
+                n += 1 + (next() % if next() % 2 == 0 { 8 } else { 80 }) as usize;
+                if n >= head.len() {
+                    break;
+                }
+                reads.push(n);
+            }
+            assert_find_end_same(&head, reads);
+        }
     }
 
     #[test]
